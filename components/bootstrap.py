@@ -1,0 +1,190 @@
+"""The remote-step graph: which script runs on which host, after which other steps.
+
+Pure: `plan()` returns the steps in an order that respects every edge; the Cluster component
+turns each into a pulumi-command `remote.Command` named after it (`minion-2-kubelet`). The chain
+is the same length for 1 or 100 minions: minions depend on master steps, never on each other.
+
+    master:  cloud-init -> pki -> etcd -> flannel-network -> flanneld -> kube-apiserver
+             -> kube-controller-manager | kube-scheduler | cluster-rbac
+    minion:  cloud-init -> pki -> flanneld [+ master-flannel-network] -> docker
+             -> kubelet [+ master-kube-apiserver, master-cluster-rbac] -> ready
+    master:  coredns [+ every minion ready] -> smoke-test
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from components import render
+from components.render import DAEMONS, PKI_DIR, File
+from components.settings import HostPlan, Settings
+
+
+@dataclass(frozen=True)
+class Step:
+    """One remote command."""
+
+    name: str
+    """Resource name, `<host>-<step>`."""
+    host: str
+    """Host whose SSH connection runs it."""
+    after: tuple[str, ...]
+    """Steps that must have succeeded first."""
+    script: str
+    """Bash script, run as root; non-secret."""
+    wants_pki: bool = False
+    """True when the host's secret PKI bundle is its standard input."""
+    delete_script: str | None = None
+    """Bash script run when the step is deleted (minion removal)."""
+    about_host: str | None = None
+    """For steps on the master about a minion (drain): that minion, whose instance it must outlive."""
+
+
+def _script(template: str, settings: Settings, host: HostPlan, step: str, units: tuple[str, ...], **extra: Any) -> str:
+    ctx = render.context(settings, host)
+    return render.render(template, ctx, step=step, units=units, **extra)
+
+
+def _daemon_step(
+    settings: Settings,
+    host: HostPlan,
+    step: str,
+    template: str,
+    daemons: tuple[str, ...],
+    after: tuple[str, ...],
+    extra_files: tuple[File, ...] = (),
+    **extra: Any,
+) -> Step:
+    """A step that (re)writes the daemons' files, starts them, and checks their health."""
+    files: dict[str, tuple[str, str]] = {}
+    starts: list[tuple[str, list[str]]] = []
+    units: list[str] = []
+    for name in daemons:
+        daemon = DAEMONS[name]
+        own = render.daemon_files(settings, host, name)
+        files.update(own)
+        configs = [f.path for f in daemon.files]
+        inputs = list(own) + [f"{PKI_DIR}/{p}" for p in daemon.pki] + list(daemon.binaries)
+        for unit in daemon.packaged_units:
+            starts.append((unit, configs))
+            units.append(unit)
+        for unit in daemon.units:
+            starts.append((unit, inputs))
+            units.append(unit)
+    ctx = render.context(settings, host)
+    for f in extra_files:
+        files[f.path] = (f.mode, render._render_file(f, ctx))
+    script = _script(
+        template, settings, host, step, tuple(units), daemons=daemons, files=files, starts=starts, **extra
+    )
+    return Step(step, host.name, after, script)
+
+
+def plan(settings: Settings) -> tuple[Step, ...]:
+    """Every remote step of the stack, in an order that respects every dependency."""
+    m = settings.master
+    steps: list[Step] = [
+        Step(
+            "master-cloud-init",
+            m.name,
+            (),
+            _script("steps/wait-cloud-init.sh.j2", settings, m, "master-cloud-init", ("cloud-final.service",),
+                    hosts_file=render.hosts_file(settings), prepare=render.prepare_script(settings, m)),
+        ),
+        Step("master-pki", m.name, ("master-cloud-init",),
+             _script("steps/pki.sh.j2", settings, m, "master-pki", ()), wants_pki=True),
+        _daemon_step(settings, m, "master-etcd", "steps/etcd.sh.j2", ("etcd",), ("master-pki",)),
+        Step(
+            "master-flannel-network",
+            m.name,
+            ("master-etcd",),
+            _script("steps/flannel-network.sh.j2", settings, m, "master-flannel-network", ("etcd.service",),
+                    flannel_net_conf=render.render("configs/flannel-net-conf.json.j2", render.context(settings, m))),
+        ),
+        _daemon_step(settings, m, "master-flanneld", "steps/flanneld.sh.j2", ("flanneld",), ("master-flannel-network",)),
+        _daemon_step(
+            settings, m, "master-kube-apiserver", "steps/kube-apiserver.sh.j2", ("kube-apiserver",), ("master-flanneld",),
+            extra_files=(render.MASTER_EXTRA_FILES[0],),
+        ),
+        _daemon_step(
+            settings, m, "master-kube-controller-manager", "steps/control-plane.sh.j2", ("kube-controller-manager",),
+            ("master-kube-apiserver",), health_port=10257,
+        ),
+        _daemon_step(
+            settings, m, "master-kube-scheduler", "steps/control-plane.sh.j2", ("kube-scheduler",),
+            ("master-kube-apiserver",), health_port=10259,
+        ),
+        Step(
+            "master-cluster-rbac",
+            m.name,
+            ("master-kube-apiserver",),
+            _script("steps/cluster-rbac.sh.j2", settings, m, "master-cluster-rbac", ("kube-apiserver.service",),
+                    manifest=render.render("manifests/cluster-rbac.yaml.j2", render.context(settings, m))),
+        ),
+    ]
+    ready: list[str] = []
+    for h in settings.minions:
+        n = h.name
+        steps += [
+            Step(
+                f"{n}-cloud-init",
+                n,
+                (),
+                _script("steps/wait-cloud-init.sh.j2", settings, h, f"{n}-cloud-init", ("cloud-final.service",),
+                        hosts_file=render.hosts_file(settings), prepare=render.prepare_script(settings, h)),
+            ),
+            Step(f"{n}-pki", n, (f"{n}-cloud-init",), _script("steps/pki.sh.j2", settings, h, f"{n}-pki", ()), wants_pki=True),
+            _daemon_step(settings, h, f"{n}-flanneld", "steps/flanneld.sh.j2", ("flanneld",), (f"{n}-pki", "master-flannel-network")),
+            _daemon_step(settings, h, f"{n}-docker", "steps/docker.sh.j2", ("docker",), (f"{n}-flanneld",)),
+            _daemon_step(
+                settings, h, f"{n}-kubelet", "steps/kubelet.sh.j2", ("kubelet", "kube-proxy"),
+                (f"{n}-docker", "master-kube-apiserver", "master-cluster-rbac"),
+            ),
+            Step(
+                f"{n}-ready",
+                n,
+                (f"{n}-kubelet",),
+                _script("steps/node-ready.sh.j2", settings, h, f"{n}-ready",
+                        ("kubelet.service", "kube-proxy.service", "cri-docker.service", "flanneld.service")),
+            ),
+            Step(
+                f"{n}-drain",
+                m.name,
+                (f"{n}-ready",),
+                _script("steps/lib.sh.j2", settings, m, f"{n}-drain", ()) + f'log "drain hook for {n} registered"\n',
+                delete_script=_script("steps/drain.sh.j2", settings, m, f"{n}-drain", ("kube-apiserver.service",), node=n),
+                about_host=n,
+            ),
+        ]
+        ready.append(f"{n}-ready")
+    ctx = render.context(settings, m)
+    steps += [
+        Step(
+            "master-coredns",
+            m.name,
+            ("master-cluster-rbac", "master-kube-controller-manager", "master-kube-scheduler", *ready),
+            _script("steps/coredns.sh.j2", settings, m, "master-coredns", ("kube-apiserver.service",),
+                    manifest=render.render("manifests/coredns.yaml.j2", ctx)),
+        ),
+        Step(
+            "master-smoke-test",
+            m.name,
+            ("master-coredns",),
+            _script("steps/smoke-test.sh.j2", settings, m, "master-smoke-test",
+                    ("kube-apiserver.service", "kube-controller-manager.service", "kube-scheduler.service"),
+                    manifest=render.render("manifests/smoke-test.yaml.j2", ctx)),
+        ),
+    ]
+    return tuple(steps)
+
+
+def longest_chain(steps: tuple[Step, ...]) -> list[str]:
+    """The longest path through the step graph (what bounds `pulumi up`'s wall time)."""
+    by_name = {s.name: s for s in steps}
+    best: dict[str, list[str]] = {}
+    for step in steps:  # plan() order is topological
+        longest = max((best[a] for a in step.after), key=len, default=[])
+        best[step.name] = [*longest, step.name]
+        assert all(a in by_name for a in step.after), step.name
+    return max(best.values(), key=len)

@@ -1,0 +1,110 @@
+"""The pinned artifacts of versions.yaml: what each role downloads, from where, checked how."""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+VERSIONS_YAML = Path(__file__).resolve().parent.parent / "versions.yaml"
+
+KUBERNETES_BINARIES = {
+    "master": ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"),
+    "minion": ("kubelet", "kube-proxy"),
+}
+# Archives and binaries from other projects, by role (order is download order).
+OTHER_COMPONENTS = {
+    "master": ("etcd", "flannel", "flannel_cni"),
+    "minion": ("flannel", "flannel_cni", "cri_dockerd", "cni_plugins"),
+}
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class Download:
+    """One file fetched by cloud-init, verified, then installed."""
+
+    name: str
+    version: str
+    url: str
+    sha256: str | None
+    """Pinned SHA-256, or None to check against `<url>.sha256` fetched over HTTPS."""
+    files: tuple[tuple[str, str], ...]
+    """(member inside the archive, installed path); for a plain binary the member is ''."""
+
+    @property
+    def is_archive(self) -> bool:
+        return self.url.endswith((".tgz", ".tar.gz"))
+
+
+@functools.cache
+def load() -> dict[str, Any]:
+    data = yaml.safe_load(VERSIONS_YAML.read_text())
+    for name, entry in data.items():
+        if name in ("images",):
+            continue
+        hashes = entry["sha256"]
+        flat = [h for per in hashes.values() for h in per.values()] if isinstance(hashes, dict) else [hashes]
+        for value in flat:
+            if value is not None and not _SHA256_RE.match(str(value)):
+                raise ValueError(f"versions.yaml: {name}: {value!r} is not a lowercase hex SHA-256")
+    return data
+
+
+def pinned_kubernetes_versions() -> list[str]:
+    return sorted(load()["kubernetes"]["sha256"], key=lambda v: tuple(int(p) for p in v.split(".")))
+
+
+def has_pinned_hashes(version: str) -> bool:
+    return version in load()["kubernetes"]["sha256"]
+
+
+def images() -> dict[str, str]:
+    return dict(load()["images"])
+
+
+def downloads(role: str, kubernetes_version: str) -> tuple[Download, ...]:
+    """Everything one role downloads, with hashes. A Kubernetes binary without a pinned hash
+    (only possible with allowUpstreamChecksums) is checked against upstream's .sha256 file."""
+    data = load()
+    k8s = data["kubernetes"]
+    pinned = k8s["sha256"].get(kubernetes_version, {})
+    result = [
+        Download(
+            name=binary,
+            version=kubernetes_version,
+            url=k8s["url"].format(version=kubernetes_version, file=binary),
+            sha256=pinned.get(binary),
+            files=(("", f"/usr/local/bin/{binary}"),),
+        )
+        for binary in KUBERNETES_BINARIES[role]
+    ]
+    for name in OTHER_COMPONENTS[role]:
+        entry = data[name]
+        version = str(entry["version"])
+        result.append(
+            Download(
+                name=name,
+                version=version,
+                url=entry["url"].format(version=version),
+                sha256=entry["sha256"],
+                files=tuple((member.format(version=version), dest) for member, dest in entry["files"].items()),
+            )
+        )
+    return tuple(result)
+
+
+def summary() -> list[dict[str, str]]:
+    """Every artifact of every role, for the preview and the README: name, version, URL, sha256."""
+    seen: dict[str, dict[str, str]] = {}
+    for version in pinned_kubernetes_versions()[-1:]:
+        for role in ("master", "minion"):
+            for item in downloads(role, version):
+                seen[item.url] = {"name": item.name, "version": item.version, "url": item.url, "sha256": item.sha256 or "upstream .sha256"}
+    for name, ref in images().items():
+        seen[ref] = {"name": name, "version": ref.rsplit(":", 1)[-1], "url": ref, "sha256": "image tag"}
+    return list(seen.values())
