@@ -1,0 +1,115 @@
+"""Cluster: network, security groups, hosts, PKI, and the remote steps that assemble them."""
+
+from __future__ import annotations
+
+import shlex
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_command as command
+import pulumi_tls as tls
+
+from components import bootstrap, render
+from components.host import Host, HostArgs
+from components.network import Network, cluster_tags
+from components.pki import Pki
+from components.security import SecurityGroups
+from components.settings import Settings
+
+# Canonical's AWS account; the image name pattern of Ubuntu 24.04 LTS (noble) amd64 server.
+CANONICAL_OWNER = "099720109477"
+UBUNTU_IMAGE_NAME = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*"
+# A host that is still booting refuses SSH for a while: retry dials for up to ~10 minutes.
+DIAL_ERROR_LIMIT = 60
+PER_DIAL_TIMEOUT = 10
+
+
+def remote_command(script: str) -> str:
+    """Run a step script as root over the SSH session; standard input passes through."""
+    return f"sudo -n bash -c {shlex.quote(script)}"
+
+
+class Cluster(pulumi.ComponentResource):
+    master: Host
+    minions: list[Host]
+    steps: tuple[bootstrap.Step, ...]
+    commands: dict[str, command.remote.Command]
+    ssh_private_key: pulumi.Output[str]
+    kubeconfig: pulumi.Output[str]
+
+    def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("kube-ec2:index:Cluster", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        network = Network("network", settings, opts=child)
+        groups = SecurityGroups("security", settings, network.vpc.id, opts=child)
+
+        ssh_key = tls.PrivateKey("ssh-key", algorithm="ED25519", opts=child)
+        key_pair = aws.ec2.KeyPair(
+            "ssh-key", public_key=ssh_key.public_key_openssh, tags=cluster_tags(settings, "ssh-key"), opts=child
+        )
+        self.ssh_private_key = pulumi.Output.secret(ssh_key.private_key_openssh)
+
+        ami_id: pulumi.Input[str]
+        if settings.ami_id:
+            ami_id = settings.ami_id
+        else:
+            ami_id = aws.ec2.get_ami_output(
+                most_recent=True,
+                owners=[CANONICAL_OWNER],
+                filters=[
+                    aws.ec2.GetAmiFilterArgs(name="name", values=[UBUNTU_IMAGE_NAME]),
+                    aws.ec2.GetAmiFilterArgs(name="architecture", values=["x86_64"]),
+                    aws.ec2.GetAmiFilterArgs(name="virtualization-type", values=["hvm"]),
+                ],
+                opts=pulumi.InvokeOutputOptions(parent=self),
+            ).id
+
+        def host(plan, instance_type: str, group: aws.ec2.SecurityGroup, elastic_ip: bool) -> Host:
+            args = HostArgs(
+                plan=plan,
+                instance_type=instance_type,
+                subnet_id=network.subnet.id,
+                security_group_id=group.id,
+                key_name=key_pair.key_name,
+                ami_id=ami_id,
+                ami_is_lookup=settings.ami_id is None,
+                user_data_base64=render.compress(render.user_data(settings, plan)),
+                elastic_ip=elastic_ip,
+            )
+            return Host(plan.name, settings, args, opts=child)
+
+        self.master = host(settings.master, settings.master_instance_type, groups.master, True)
+        self.minions = [host(p, settings.minion_instance_type, groups.minion, False) for p in settings.minions]
+        hosts = {settings.master.name: self.master, **{p.name: h for p, h in zip(settings.minions, self.minions)}}
+        plans = {p.name: p for p in settings.hosts}
+
+        pki = Pki("pki", settings, master_public_ip=self.master.public_ip, opts=child)
+        self.steps = bootstrap.plan(settings)
+        self.commands = {}
+        for step in self.steps:
+            on = hosts[step.host]
+            plan = plans[step.host]
+            depends: list[pulumi.Resource] = [self.commands[a] for a in step.after]
+            if step.about_host:
+                # Deleted before the minion's instance, so the drain runs while the node still exists.
+                depends.append(hosts[step.about_host].instance)
+            self.commands[step.name] = command.remote.Command(
+                step.name,
+                connection=command.remote.ConnectionArgs(
+                    host=on.public_ip,
+                    user=render.SSH_USER,
+                    private_key=self.ssh_private_key,
+                    dial_error_limit=DIAL_ERROR_LIMIT,
+                    per_dial_timeout=PER_DIAL_TIMEOUT,
+                ),
+                create=remote_command(step.script),
+                delete=remote_command(step.delete_script) if step.delete_script else None,
+                stdin=pki.bundle(plan) if step.wants_pki else None,
+                # Re-run when the host is replaced or its certificates are renewed; a drain hook must
+                # never be replaced (replacement would drain a live node), so it has no triggers.
+                triggers=None if step.delete_script else [on.instance.id, pki.fingerprint(plan)],
+                add_previous_output_in_env=False,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=depends),
+            )
+        self.kubeconfig = pki.admin_kubeconfig(self.master.public_ip.apply(lambda ip: f"https://{ip}:6443"))
+        self.register_outputs({"kubeconfig": self.kubeconfig})

@@ -1,0 +1,140 @@
+"""Run the real program without AWS or the Pulumi CLI: Pulumi mocks with `preview=False`.
+
+The tests and the offline preview both use `run()`. Every resource the program registers is
+recorded with its resolved inputs; pulumi-tls requests get real certificates (offline_tls), AWS
+resources get deterministic ids and documentation-range public addresses (RFC 5737).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import yaml
+
+from components import offline_tls
+from components.settings import ROOT
+
+PROJECT = "kube-ec2"
+FAKE_AMI = "ami-0123456789abcdef0"
+
+
+@dataclass
+class Recorded:
+    """One resource as the program registered it."""
+
+    typ: str
+    name: str
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+
+
+@dataclass
+class OfflineMocks(pulumi.runtime.Mocks):
+    resources: list[Recorded] = field(default_factory=list)
+    _public_ips: int = 0
+
+    def _next_public_ip(self) -> str:
+        self._public_ips += 1
+        return f"198.51.100.{self._public_ips}"
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        outputs: dict[str, Any] = dict(args.inputs)
+        typ = args.typ
+        if typ.startswith("tls:"):
+            outputs.update(offline_tls.issue(typ, args.inputs))
+        elif typ == "random:index/randomBytes:RandomBytes":
+            data = os.urandom(int(args.inputs.get("length", 32)))
+            outputs.update({"base64": base64.b64encode(data).decode(), "hex": data.hex()})
+        elif typ == "aws:ec2/instance:Instance":
+            outputs.update({"publicIp": self._next_public_ip(), "arn": f"arn:aws:ec2:::instance/{args.name}"})
+        elif typ == "aws:ec2/eip:Eip":
+            outputs.update({"publicIp": self._next_public_ip()})
+        elif typ == "aws:ec2/keyPair:KeyPair":
+            outputs.update({"keyName": f"{args.name}-key"})
+        elif typ == "command:remote:Command":
+            outputs.update({"stdout": "", "stderr": ""})
+        self.resources.append(Recorded(typ, args.name, dict(args.inputs), outputs))
+        return f"{args.name}-id", outputs
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]]] | dict[str, Any]:
+        if args.token == "aws:ec2/getAmi:getAmi":
+            return {"id": FAKE_AMI, "imageId": FAKE_AMI, "architecture": "x86_64", "name": "ubuntu-noble-24.04-amd64-server"}
+        return {}
+
+    def of_type(self, typ: str) -> list[Recorded]:
+        return [r for r in self.resources if r.typ == typ]
+
+    def named(self, name: str) -> Recorded:
+        matches = [r for r in self.resources if r.name == name]
+        assert len(matches) == 1, f"{name}: {len(matches)} resources"
+        return matches[0]
+
+
+def stack_config(stack: str, root: Path = ROOT) -> dict[str, str]:
+    """Pulumi.<stack>.yaml as the CLI hands it to a program: strings, arrays as JSON."""
+    path = root / f"Pulumi.{stack}.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"no stack file {path.name}; stacks: {', '.join(list_stacks(root))}")
+    config = (yaml.safe_load(path.read_text()) or {}).get("config") or {}
+    return {key: _as_config_string(value) for key, value in config.items()}
+
+
+def list_stacks(root: Path = ROOT) -> list[str]:
+    return sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in root.glob("Pulumi.*.yaml"))
+
+
+def _as_config_string(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+@dataclass
+class Run:
+    """What one offline run of the program produced."""
+
+    mocks: OfflineMocks
+    cluster: Any
+    outputs: dict[str, Any]
+    secret_outputs: set[str]
+
+
+def run(stack: str, config: dict[str, str] | None = None) -> Run:
+    """Run the program for `stack` (config from Pulumi.<stack>.yaml unless given) under mocks.
+
+    Raises pulumi.RunError for bad configuration, exactly as `pulumi up` would report it.
+    """
+    from components import program
+
+    os.environ[program.OFFLINE_ENV] = "1"
+    config = stack_config(stack) if config is None else config
+    mocks = OfflineMocks()
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False)
+    pulumi.runtime.set_all_config(config)
+    result: dict[str, Any] = {}
+
+    @pulumi.runtime.test
+    def _evaluate() -> pulumi.Output[Any]:
+        cluster = program.build()
+        outputs = program.stack_outputs(cluster)
+        result["cluster"] = cluster
+        result["secret"] = {name: out.is_secret() for name, out in outputs.items()}
+        return pulumi.Output.all(**outputs).apply(lambda values: result.update(outputs=values))
+
+    _evaluate()
+    secret = {name for name, flag in result["secret"].items() if _resolved(flag)}
+    return Run(mocks, result["cluster"], result["outputs"], secret)
+
+
+def _resolved(awaitable: Any) -> Any:
+    from pulumi.runtime.sync_await import _sync_await
+
+    return _sync_await(awaitable)
