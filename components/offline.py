@@ -107,7 +107,7 @@ class Run:
     secret_outputs: set[str]
 
 
-def run(stack: str, config: dict[str, str] | None = None) -> Run:
+def run(stack: str, config: dict[str, str] | None = None, mocks: OfflineMocks | None = None) -> Run:
     """Run the program for `stack` (config from Pulumi.<stack>.yaml unless given) under mocks.
 
     Raises pulumi.RunError for bad configuration, exactly as `pulumi up` would report it.
@@ -116,7 +116,7 @@ def run(stack: str, config: dict[str, str] | None = None) -> Run:
 
     os.environ[program.OFFLINE_ENV] = "1"
     config = stack_config(stack) if config is None else config
-    mocks = OfflineMocks()
+    mocks = OfflineMocks() if mocks is None else mocks
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False)
     pulumi.runtime.set_all_config(config)
     result: dict[str, Any] = {}

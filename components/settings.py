@@ -8,6 +8,7 @@ resource exists, so a bad value stops `pulumi up` with nothing created.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import re
@@ -183,6 +184,8 @@ def _coerce(key: str, spec: Mapping[str, Any], value: Any, problems: list[str]) 
 
 def _cidr(key: str, value: str, problems: list[str]) -> ipaddress.IPv4Network | None:
     try:
+        if "/" not in value:
+            raise ValueError("no prefix length")
         net = ipaddress.ip_network(value, strict=True)
     except ValueError as err:
         reason = "has host bits set" if "host bits" in str(err) else "is not a CIDR"
@@ -229,7 +232,9 @@ def parse_settings(
 
     unknown = sorted(set(raw) - set(schema))
     for key in unknown:
-        problems.append(f"{PROJECT}:{key}: unknown key; allowed keys: {', '.join(sorted(schema))}")
+        near = difflib.get_close_matches(key.lower(), [k.lower() for k in schema], n=1)
+        hint = next((f" (did you mean {k}?)" for k in schema if near and k.lower() == near[0]), "")
+        problems.append(f"{PROJECT}:{key}: {raw[key]!r} is set on an unknown key{hint}; allowed keys: {', '.join(sorted(schema))}")
 
     values: dict[str, Any] = {}
     for key, spec in schema.items():

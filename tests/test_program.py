@@ -1,0 +1,206 @@
+"""The whole program under Pulumi mocks (preview=False): resources, rules, hosts and outputs."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import ipaddress
+
+from components import offline
+from components.settings import ROOT
+
+INSTANCE = "aws:ec2/instance:Instance"
+INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+EGRESS = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
+COMMAND = "command:remote:Command"
+
+
+
+def test_resource_counts(stack: offline.Run) -> None:
+    minions = len(stack.cluster.minions)
+    admin = {r.inputs.get("cidrIpv4") for r in stack.mocks.of_type(INGRESS)} - {None}
+    counts = {
+        "aws:ec2/vpc:Vpc": 1,
+        "aws:ec2/subnet:Subnet": 1,
+        "aws:ec2/internetGateway:InternetGateway": 1,
+        "aws:ec2/routeTable:RouteTable": 1,
+        "aws:ec2/routeTableAssociation:RouteTableAssociation": 1,
+        "aws:ec2/securityGroup:SecurityGroup": 2,
+        INGRESS: 4 * len(admin) + 6,
+        EGRESS: 2,
+        "aws:ec2/keyPair:KeyPair": 1,
+        INSTANCE: 1 + minions,
+        "aws:ec2/eip:Eip": 1,
+        # master: 9 steps; per minion: cloud-init, pki, flanneld, docker, kubelet, ready, drain; then coredns, smoke test.
+        COMMAND: 9 + 7 * minions + 2,
+        "tls:index/selfSignedCert:SelfSignedCert": 2,
+        "tls:index/locallySignedCert:LocallySignedCert": 10 + minions,
+    }
+    for typ, expected in counts.items():
+        assert len(stack.mocks.of_type(typ)) == expected, typ
+
+
+def _groups(run: offline.Run) -> dict[str, str]:
+    """security group resource id -> `master` / `minion`."""
+    return {f"{r.name}-id": r.name.removeprefix("security-") for r in run.mocks.of_type("aws:ec2/securityGroup:SecurityGroup")}
+
+
+def _rules(run: offline.Run) -> set[tuple[str, str, int, int, str]]:
+    groups = _groups(run)
+    return {
+        (
+            groups[r.inputs["securityGroupId"]],
+            r.inputs["ipProtocol"],
+            int(r.inputs["fromPort"]),
+            int(r.inputs["toPort"]),
+            r.inputs.get("cidrIpv4") or "sg:" + groups[r.inputs["referencedSecurityGroupId"]],
+        )
+        for r in run.mocks.of_type(INGRESS)
+    }
+
+
+def test_every_security_group_rule_dev(dev: offline.Run) -> None:
+    admin = "192.0.2.1/32"
+    assert _rules(dev) == {
+        ("master", "tcp", 22, 22, admin),
+        ("master", "tcp", 6443, 6443, admin),
+        ("minion", "tcp", 22, 22, admin),
+        ("minion", "tcp", 30000, 32767, admin),
+        ("master", "tcp", 6443, 6443, "sg:minion"),
+        ("master", "tcp", 2379, 2379, "sg:minion"),
+        ("master", "udp", 8472, 8472, "sg:minion"),
+        ("minion", "tcp", 10250, 10250, "sg:master"),
+        ("minion", "udp", 8472, 8472, "sg:master"),
+        ("minion", "udp", 8472, 8472, "sg:minion"),
+    }
+
+
+def test_rules_have_descriptions_and_explicit_egress(stack: offline.Run) -> None:
+    for rule in stack.mocks.of_type(INGRESS) + stack.mocks.of_type(EGRESS):
+        assert len(rule.inputs["description"]) > 10
+    egress = {(_groups(stack)[r.inputs["securityGroupId"]], r.inputs["ipProtocol"], r.inputs["cidrIpv4"]) for r in stack.mocks.of_type(EGRESS)}
+    assert egress == {("master", "-1", "0.0.0.0/0"), ("minion", "-1", "0.0.0.0/0")}
+
+
+def test_cluster_internal_ports_only_from_members(stack: offline.Run) -> None:
+    """etcd, kubelet and VXLAN never from a CIDR; 2380 never; the world only where the user wrote it."""
+    configured = set(run_admin(stack))
+    for group, proto, low, high, source in _rules(stack):
+        assert not (low <= 2380 <= high), "etcd peer port must stay closed"
+        if low in (2379, 10250, 8472):
+            assert source.startswith("sg:"), (group, low, source)
+        if not source.startswith("sg:"):
+            assert source in configured
+            assert (low, high) in {(22, 22), (6443, 6443), (30000, 32767)}
+
+
+def run_admin(run: offline.Run) -> list[str]:
+    return sorted({r.inputs["cidrIpv4"] for r in run.mocks.of_type(INGRESS) if r.inputs.get("cidrIpv4")})
+
+
+def test_world_is_open_only_when_written() -> None:
+    from tests.conftest import run_stack
+
+    assert "0.0.0.0/0" not in run_admin(run_stack("dev"))
+    assert "0.0.0.0/0" not in run_admin(run_stack("prod"))
+    assert run_admin(run_stack("unusual")) == ["0.0.0.0/0"]
+    assert run_admin(run_stack("prod")) == ["198.51.100.64/27", "203.0.113.0/28"]
+
+
+def test_hosts_imdsv2_encryption_tags_and_fixed_ips(stack: offline.Run) -> None:
+    instances = {r.name: r for r in stack.mocks.of_type(INSTANCE)}
+    cluster = stack.cluster.master.instance  # noqa: F841 (the component exists)
+    names = ["master", *[f"minion-{i}" for i in range(len(stack.cluster.minions))]]
+    assert sorted(instances) == sorted(f"{n}-instance" for n in names)
+    subnet = ipaddress.ip_network(stack.mocks.of_type("aws:ec2/subnet:Subnet")[0].inputs["cidrBlock"])
+    cluster_name = stack.mocks.of_type("aws:ec2/vpc:Vpc")[0].inputs["tags"]["Name"].removesuffix("-vpc")
+    for index, name in enumerate(names):
+        inputs = instances[f"{name}-instance"].inputs
+        assert inputs["metadataOptions"]["httpTokens"] == "required"
+        assert inputs["metadataOptions"]["httpPutResponseHopLimit"] == 1
+        assert inputs["rootBlockDevice"]["encrypted"] is True
+        assert inputs["rootBlockDevice"]["volumeType"] == "gp3"
+        assert inputs["tags"]["Name"] == f"{cluster_name}-{name}"
+        assert inputs["tags"]["Role"] == ("master" if index == 0 else "minion")
+        assert inputs["tags"][f"kubernetes.io/cluster/{cluster_name}"] == "owned"
+        assert inputs["privateIp"] == str(subnet[10 + index])
+        assert inputs["ami"].startswith("ami-")
+
+
+def test_vpc_dns_and_public_subnet(stack: offline.Run) -> None:
+    vpc = stack.mocks.of_type("aws:ec2/vpc:Vpc")[0].inputs
+    assert vpc["enableDnsSupport"] and vpc["enableDnsHostnames"]
+    assert stack.mocks.of_type("aws:ec2/subnet:Subnet")[0].inputs["mapPublicIpOnLaunch"] is True
+    route = stack.mocks.of_type("aws:ec2/routeTable:RouteTable")[0].inputs["routes"][0]
+    assert route["cidrBlock"] == "0.0.0.0/0" and route["gatewayId"]
+
+
+def test_master_has_an_elastic_ip_used_by_api_and_kubeconfig(dev: offline.Run) -> None:
+    eip = dev.mocks.of_type("aws:ec2/eip:Eip")[0]
+    assert eip.inputs["instance"] == "master-instance-id"
+    assert dev.outputs["masterPublicIp"] == eip.outputs["publicIp"]
+    assert f"server: https://{eip.outputs['publicIp']}:6443" in dev.outputs["kubeconfig"]
+
+
+def test_outputs_and_secrets(stack: offline.Run) -> None:
+    assert set(stack.outputs) == {
+        "masterPublicIp", "masterPrivateIp", "minionPublicIps", "minionPrivateIps", "sshUser", "sshPrivateKey", "kubeconfig",
+    }
+    assert stack.secret_outputs == {"sshPrivateKey", "kubeconfig"}
+    assert stack.outputs["sshUser"] == "ubuntu"
+    assert "OPENSSH PRIVATE KEY" in stack.outputs["sshPrivateKey"]
+    assert stack.outputs["minionPrivateIps"] == [m.private_ip for m in stack.cluster.minions]
+    assert len(stack.outputs["minionPublicIps"]) == len(stack.cluster.minions)
+
+
+def test_user_data_is_gzip_cloud_config_and_carries_no_secret(stack: offline.Run) -> None:
+    keys = _private_material(stack)
+    for instance in stack.mocks.of_type(INSTANCE):
+        text = gzip.decompress(base64.b64decode(instance.inputs["userDataBase64"])).decode()
+        assert text.startswith("#cloud-config\n")
+        assert "PRIVATE KEY" not in text
+        assert not any(k in text for k in keys)
+
+
+def _private_material(run: offline.Run) -> list[str]:
+    values = []
+    for r in run.mocks.resources:
+        for field in ("privateKeyPem", "privateKeyOpenssh", "privateKeyPemPkcs8", "base64", "hex"):
+            if isinstance(r.outputs.get(field), str) and r.typ != COMMAND:
+                values.append(r.outputs[field].strip())
+    return [v for v in values if v]
+
+
+def test_no_private_key_in_any_plain_command_input(stack: offline.Run) -> None:
+    """Secrets travel only as a Command's stdin (a secret); never in create/delete/triggers."""
+    keys = _private_material(stack)
+    assert keys
+    for cmd in stack.mocks.of_type(COMMAND):
+        plain = " ".join(str(cmd.inputs.get(f, "")) for f in ("create", "delete", "triggers", "environment"))
+        assert "PRIVATE KEY" not in plain, cmd.name
+        assert not any(k in plain for k in keys), cmd.name
+        connection, secret = unwrap(cmd.inputs["connection"])
+        assert secret and connection["user"] == "ubuntu" and "PRIVATE KEY" in connection["privateKey"]
+
+
+SECRET_SIG = "4dabf18193072939515e22adb298388d"  # Pulumi's marker for a secret value in resolved inputs
+
+
+def unwrap(value: object) -> tuple[object, bool]:
+    if isinstance(value, dict) and SECRET_SIG in value:
+        return value["value"], True
+    return value, False
+
+
+def test_pki_bundles_only_go_to_pki_steps(stack: offline.Run) -> None:
+    with_stdin = sorted(c.name for c in stack.mocks.of_type(COMMAND) if c.inputs.get("stdin"))
+    hosts = ["master", *[f"minion-{i}" for i in range(len(stack.cluster.minions))]]
+    assert with_stdin == sorted(f"{h}-pki" for h in hosts)
+    for name in with_stdin:
+        bundle, secret = unwrap(stack.mocks.named(name).inputs["stdin"])
+        assert secret, f"{name}: the PKI bundle must be a secret input"
+        assert isinstance(bundle, str) and len(bundle) > 1000
+
+
+def test_stack_files_exist() -> None:
+    assert (ROOT / "Pulumi.dev.yaml").exists() and (ROOT / "Pulumi.prod.yaml").exists()

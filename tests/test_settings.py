@@ -1,0 +1,107 @@
+"""Settings: defaults from Pulumi.yaml, derived values, and every bad value rejected by name."""
+
+from __future__ import annotations
+
+import pulumi
+import pytest
+
+from components import offline
+from components.settings import ConfigError, load_schema
+from tests.conftest import dev_settings
+
+
+def test_every_schema_key_has_type_and_description() -> None:
+    for key, spec in load_schema().items():
+        assert spec.get("type") in {"string", "integer", "boolean", "array"}, key
+        assert spec.get("description"), key
+
+
+def test_defaults_and_derived_values() -> None:
+    s = dev_settings()
+    assert (s.minion_count, s.master_instance_type, s.minion_instance_type) == (3, "t3.medium", "t3.medium")
+    assert (s.vpc_cidr, s.pod_cidr, s.service_cidr, s.subnet_cidr) == ("10.240.0.0/16", "10.200.0.0/16", "10.32.0.0/24", "10.240.0.0/24")
+    assert (s.api_service_ip, s.dns_service_ip) == ("10.32.0.1", "10.32.0.10")
+    assert s.cluster_name == "kube-ec2-dev"
+    assert s.admin_cidrs == ("192.0.2.1/32",) and s.admin_cidrs_source == "placeholder"
+    assert [h.private_ip for h in s.hosts] == ["10.240.0.10", "10.240.0.11", "10.240.0.12", "10.240.0.13"]
+    assert [h.name for h in s.hosts] == ["master", "minion-0", "minion-1", "minion-2"]
+    assert s.cert_early_renewal_hours == 730
+    assert s.pod_mtu == 8951
+
+
+def test_values_arrive_as_strings_like_the_cli_sends_them() -> None:
+    s = dev_settings(minionCount="5", adminCidrs='["203.0.113.0/28", "198.51.100.7/32"]', allowUpstreamChecksums="false")
+    assert s.minion_count == 5 and s.admin_cidrs == ("203.0.113.0/28", "198.51.100.7/32") and s.admin_cidrs_source == "config"
+
+
+# (raw config, key that must be named, a fragment of what is allowed)
+BAD_VALUES = [
+    ({"minionCount": "0"}, "minionCount", "1 to 100"),
+    ({"minionCount": "101"}, "minionCount", "1 to 100"),
+    ({"minionCount": "three"}, "minionCount", "whole number"),
+    ({"masterInstanceType": ""}, "masterInstanceType", "t3.medium"),
+    ({"minionInstanceType": "t4g.large"}, "minionInstanceType", "x86_64"),
+    ({"minionInstanceType": "big"}, "minionInstanceType", "family.size"),
+    ({"kubernetesVersion": "1.35"}, "kubernetesVersion", "X.Y.Z"),
+    ({"kubernetesVersion": "v1.35.1"}, "kubernetesVersion", "X.Y.Z"),
+    ({"kubernetesVersion": "1.99.0"}, "kubernetesVersion", "allowUpstreamChecksums"),
+    ({"vpcCidr": "10.240.0.0/33"}, "vpcCidr", "IPv4 network"),
+    ({"vpcCidr": "10.240.0.1/16"}, "vpcCidr", "host bits"),
+    ({"vpcCidr": "10.0.0.0/8"}, "vpcCidr", "/16 to /28"),
+    ({"vpcCidr": "fd00::/64"}, "vpcCidr", "IPv4"),
+    ({"podCidr": "10.240.0.0/16"}, "podCidr", "overlaps vpcCidr 10.240.0.0/16"),
+    ({"serviceCidr": "10.200.0.0/24"}, "serviceCidr", "overlaps podCidr"),
+    ({"serviceCidr": "10.32.0.0/29"}, "serviceCidr", "/12 to /28"),
+    ({"serviceCidr": "10.0.0.0/11"}, "serviceCidr", "/12 to /28"),
+    ({"podCidr": "10.200.0.0/24"}, "podCidr", "/23 or larger"),
+    ({"podCidr": "172.17.0.0/16"}, "podCidr", "Docker"),
+    ({"vpcCidr": "10.240.0.0/28", "minionCount": "5"}, "vpcCidr", "larger range"),
+    ({"adminCidrs": "[]"}, "adminCidrs", "list of CIDRs"),
+    ({"adminCidrs": '["203.0.113.7"]'}, "adminCidrs", "IPv4 network"),
+    ({"adminCidrs": '["not-a-cidr"]'}, "adminCidrs", "IPv4 network"),
+    ({"adminCidrs": "203.0.113.7/32"}, "adminCidrs", "list of strings"),
+    ({"amiId": "ubuntu"}, "amiId", "ami-"),
+    ({"availabilityZone": "eu-west-1a"}, "availabilityZone", "us-east-1a"),
+    ({"rootVolumeGb": "8"}, "rootVolumeGb", "20 to 16384"),
+    ({"certValidityHours": "1"}, "certValidityHours", "24 to 87600"),
+    ({"allowUpstreamChecksums": "yes"}, "allowUpstreamChecksums", "true or false"),
+    ({"minioncount": "3"}, "minioncount", "allowed keys"),
+]
+
+
+@pytest.mark.parametrize(("raw", "key", "allowed"), BAD_VALUES, ids=[f"{k}={list(r.values())[0]}" for r, k, _ in BAD_VALUES])
+def test_bad_value_is_rejected_by_name(raw: dict[str, str], key: str, allowed: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        dev_settings(**raw)
+    message = str(err.value)
+    assert f"kube-ec2:{key}:" in message
+    for value in raw.values():
+        shown = value.strip("[]\"") if key == "adminCidrs" else value
+        assert shown in message, (shown, message)
+    assert allowed in message
+
+
+def test_overlap_message_reads_naturally() -> None:
+    with pytest.raises(ConfigError, match=r"kube-ec2:podCidr: 10\.240\.0\.0/16 overlaps vpcCidr 10\.240\.0\.0/16"):
+        dev_settings(podCidr="10.240.0.0/16")
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as err:
+        dev_settings(minionCount="0", podCidr="nope", masterInstanceType="")
+    assert len(err.value.problems) == 3
+
+
+def test_region_is_required() -> None:
+    with pytest.raises(pulumi.RunError, match="aws:region: unset"):
+        offline.run("dev", {"kube-ec2:minionCount": "3"})
+
+
+@pytest.mark.parametrize(("raw", "key", "allowed"), BAD_VALUES[::3], ids=[k for _, k, _ in BAD_VALUES[::3]])
+def test_bad_value_creates_nothing(raw: dict[str, str], key: str, allowed: str) -> None:
+    """Through the whole program: `pulumi up` stops with the message and no resource exists."""
+    config = {**offline.stack_config("dev"), **{f"kube-ec2:{k}": v for k, v in raw.items()}}
+    mocks = offline.OfflineMocks()
+    with pytest.raises(pulumi.RunError, match=f"kube-ec2:{key}:"):
+        offline.run("dev", config, mocks)
+    assert mocks.resources == []
