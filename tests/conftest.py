@@ -57,7 +57,7 @@ def dev_settings(**raw: object) -> Settings:
 
 def require_tool(name: str) -> str:
     """Path of a validator. Missing: a failure in CI (CI=true), a skip on a developer machine."""
-    path = shutil.which(name)
+    path = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
     if path is None:
         if os.environ.get("CI"):
             pytest.fail(f"{name} is not installed; .ci/run must install it")
