@@ -80,7 +80,7 @@ class Cluster(pulumi.ComponentResource):
 
         self.master = host(settings.master, settings.master_instance_type, groups.master, True)
         self.minions = [host(p, settings.minion_instance_type, groups.minion, False) for p in settings.minions]
-        hosts = {settings.master.name: self.master, **{p.name: h for p, h in zip(settings.minions, self.minions)}}
+        hosts = {settings.master.name: self.master, **{p.name: h for p, h in zip(settings.minions, self.minions, strict=False)}}
         plans = {p.name: p for p in settings.hosts}
 
         pki = Pki("pki", settings, master_public_ip=self.master.public_ip, opts=child)

@@ -13,9 +13,9 @@ import tarfile
 from dataclasses import dataclass
 
 import pulumi
-import yaml
 import pulumi_random as random
 import pulumi_tls as tls
+import yaml
 
 from components.render import digest
 from components.settings import HostPlan, Settings

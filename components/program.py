@@ -23,7 +23,7 @@ def detect_admin_cidr() -> str:
     if os.environ.get(OFFLINE_ENV) == "1":
         return PLACEHOLDER_ADMIN_CIDR
     try:
-        with urllib.request.urlopen(CHECKIP_URL, timeout=10) as response:  # noqa: S310 (fixed https URL)
+        with urllib.request.urlopen(CHECKIP_URL, timeout=10) as response:
             address = ipaddress.IPv4Address(response.read().decode().strip())
     except (OSError, ValueError) as err:
         raise ConfigError(

@@ -235,7 +235,11 @@ def user_data(settings: Settings, host: HostPlan) -> str:
     """The host's cloud-config (plain text, what `cloud-init schema` checks)."""
     ctx = context(settings, host)
     return render(
-        f"{host.role}.yaml.j2", ctx, files=host_files(settings, host), prepare=prepare_script(settings, host), hosts_file=hosts_file(settings)
+        f"{host.role}.yaml.j2",
+        ctx,
+        files=host_files(settings, host),
+        prepare=prepare_script(settings, host),
+        hosts_file=hosts_file(settings),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shlex
 
 import pytest
@@ -35,7 +36,7 @@ def reaches(steps: tuple[bootstrap.Step, ...], start: str, end: str) -> bool:
 def test_every_dependency_edge() -> None:
     steps = bootstrap.plan(dev_settings())
     e = edges(steps)
-    for a, b in zip(MASTER_CHAIN, MASTER_CHAIN[1:]):
+    for a, b in itertools.pairwise(MASTER_CHAIN):
         assert (a, b) in e
     for name in ("master-kube-controller-manager", "master-kube-scheduler", "master-cluster-rbac"):
         assert ("master-kube-apiserver", name) in e

@@ -78,14 +78,15 @@ def test_every_security_group_rule_dev(dev: offline.Run) -> None:
 def test_rules_have_descriptions_and_explicit_egress(stack: offline.Run) -> None:
     for rule in stack.mocks.of_type(INGRESS) + stack.mocks.of_type(EGRESS):
         assert len(rule.inputs["description"]) > 10
-    egress = {(_groups(stack)[r.inputs["securityGroupId"]], r.inputs["ipProtocol"], r.inputs["cidrIpv4"]) for r in stack.mocks.of_type(EGRESS)}
+    groups = _groups(stack)
+    egress = {(groups[r.inputs["securityGroupId"]], r.inputs["ipProtocol"], r.inputs["cidrIpv4"]) for r in stack.mocks.of_type(EGRESS)}
     assert egress == {("master", "-1", "0.0.0.0/0"), ("minion", "-1", "0.0.0.0/0")}
 
 
 def test_cluster_internal_ports_only_from_members(stack: offline.Run) -> None:
     """etcd, kubelet and VXLAN never from a CIDR; 2380 never; the world only where the user wrote it."""
     configured = set(run_admin(stack))
-    for group, proto, low, high, source in _rules(stack):
+    for group, _proto, low, high, source in _rules(stack):
         assert not (low <= 2380 <= high), "etcd peer port must stay closed"
         if low in (2379, 10250, 8472):
             assert source.startswith("sg:"), (group, low, source)

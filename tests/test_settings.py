@@ -69,7 +69,7 @@ BAD_VALUES = [
 ]
 
 
-@pytest.mark.parametrize(("raw", "key", "allowed"), BAD_VALUES, ids=[f"{k}={list(r.values())[0]}" for r, k, _ in BAD_VALUES])
+@pytest.mark.parametrize(("raw", "key", "allowed"), BAD_VALUES, ids=[f"{k}={next(iter(r.values()))}" for r, k, _ in BAD_VALUES])
 def test_bad_value_is_rejected_by_name(raw: dict[str, str], key: str, allowed: str) -> None:
     with pytest.raises(ConfigError) as err:
         dev_settings(**raw)
