@@ -1,0 +1,39 @@
+# kube-ec2 developer commands. `make preview` and `make test` are the README quick start.
+VENV := .venv
+PY := $(VENV)/bin/python
+STACK ?= dev
+# Validators and the real etcd the tests run (Debian packages).
+APT_PACKAGES := cloud-init shellcheck etcd-server etcd-client iproute2 openssl systemd util-linux
+
+.PHONY: setup tools preview test golden bench
+
+setup: tools $(VENV)/.installed
+
+tools:
+	@missing=""; for t in cloud-init shellcheck etcd etcdctl ip openssl systemd-analyze unshare; do \
+	  command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages for:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; \
+	fi
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q -r requirements-dev.txt
+	touch $@
+
+# Offline preview of a stack: what `pulumi up` would build and run, written to preview/$(STACK)/.
+preview: setup
+	$(PY) -m components.preview --stack $(STACK)
+
+# Every test: mocks, real validators, the real etcd, goldens; then ruff.
+test: setup
+	$(PY) -m pytest
+	$(VENV)/bin/ruff check .
+
+# Regenerate golden files after an intended change; review the diff.
+golden: setup
+	UPDATE_GOLDEN=1 $(PY) -m pytest tests/test_render.py tests/test_preview.py
+
+bench: setup
+	$(PY) bench/benchmark.py
