@@ -115,7 +115,9 @@ def test_each_host_gets_only_its_files_and_keys_match(dev: offline.Run) -> None:
     }
     assert len(base64.b64decode(master["encryption.key"])) == 32
     minion = bundle(dev, "minion-1")
-    assert set(minion) == {"ca.crt", "etcd-ca.crt", "kubelet.crt", "kubelet.key", "kube-proxy.crt", "kube-proxy.key", "flannel-etcd.crt", "flannel-etcd.key"}
+    assert set(minion) == {
+        "ca.crt", "etcd-ca.crt", "kubelet.crt", "kubelet.key", "kube-proxy.crt", "kube-proxy.key", "flannel-etcd.crt", "flannel-etcd.key",
+    }
     assert "system:node:minion-1" in x509.load_pem_x509_certificate(minion["kubelet.crt"].encode()).subject.rfc4514_string()
     for files in (master, minion):
         for name, text in files.items():

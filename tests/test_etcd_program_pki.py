@@ -1,0 +1,32 @@
+"""The certificates the whole program issues under mocks, in a real etcd, with the real step.
+
+Rung 2 meets rung 4: the master's PKI bundle (exactly the secret stdin of `master-pki`) is unpacked
+into the real etcd's PKI directory, etcd starts with the rendered settings, and the rendered
+`master-flannel-network` step runs against it, RBAC check included.
+"""
+
+from __future__ import annotations
+
+import json
+
+from components import offline
+from tests.etcd_real import real_etcd, require_real_etcd
+from tests.test_pki import bundle
+
+
+def test_program_certificates_run_etcd_and_the_flannel_step(dev: offline.Run) -> None:
+    require_real_etcd()
+    files = bundle(dev, "master")
+    step = next(s for s in dev.cluster.steps if s.name == "master-flannel-network")
+    with real_etcd(files) as etcd:
+        result = etcd.run_script(step.script)
+        assert result.returncode == 0, result.stderr
+        assert "etcd RBAC checked" in result.stderr
+        flannel = etcd.etcdctl("get", "/coreos.com/network/config", "--print-value-only", identity="flannel-etcd")
+        assert flannel.returncode == 0 and json.loads(flannel.stdout)["Backend"]["Type"] == "vxlan"
+        denied = etcd.etcdctl("put", "/registry/x", "1", identity="flannel-etcd")
+        assert denied.returncode != 0 and "permission denied" in denied.stderr
+        allowed = etcd.etcdctl("put", "/registry/x", "1", identity="apiserver-etcd-client")
+        assert allowed.returncode == 0, allowed.stderr
+        anonymous = etcd.etcdctl("get", "/registry/x", identity=None)
+        assert anonymous.returncode != 0
