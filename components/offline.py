@@ -60,6 +60,12 @@ class OfflineMocks(pulumi.runtime.Mocks):
         elif typ == "command:remote:Command":
             outputs.update({"stdout": "", "stderr": ""})
         self.resources.append(Recorded(typ, args.name, dict(args.inputs), outputs))
+        # Mark what the real providers mark secret (the mock monitor ignores additional_secret_outputs),
+        # so secretness flows through the program here as it does in `pulumi up`.
+        if typ.startswith("tls:"):
+            return f"{args.name}-id", offline_tls.mark_secrets(typ, outputs)
+        if typ == "random:index/randomBytes:RandomBytes":
+            return f"{args.name}-id", {**outputs, **{k: offline_tls.secret(outputs[k]) for k in ("base64", "hex")}}
         return f"{args.name}-id", outputs
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]]] | dict[str, Any]:
