@@ -70,8 +70,11 @@ def _daemon_step(
             starts.append((unit, configs))
             units.append(unit)
         for unit in daemon.units:
-            starts.append((unit, inputs))
             units.append(unit)
+            # A socket-activated service pulls its socket in (Requires=); restarting the socket
+            # while the service runs is refused by systemd, so only services are (re)started.
+            if not unit.endswith(".socket"):
+                starts.append((unit, inputs))
     ctx = render.context(settings, host)
     for f in extra_files:
         files[f.path] = (f.mode, render._render_file(f, ctx))
