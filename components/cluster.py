@@ -30,6 +30,7 @@ def remote_command(script: str) -> str:
 
 
 class Cluster(pulumi.ComponentResource):
+    settings: Settings
     master: Host
     minions: list[Host]
     steps: tuple[bootstrap.Step, ...]
@@ -39,6 +40,7 @@ class Cluster(pulumi.ComponentResource):
 
     def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kube-ec2:index:Cluster", name, None, opts)
+        self.settings = settings
         child = pulumi.ResourceOptions(parent=self)
         network = Network("network", settings, opts=child)
         groups = SecurityGroups("security", settings, network.vpc.id, opts=child)

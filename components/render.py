@@ -9,6 +9,7 @@ again (so a changed template reaches running hosts) and restarts the daemon when
 from __future__ import annotations
 
 import base64
+import functools
 import gzip
 import hashlib
 import json
@@ -169,8 +170,9 @@ def _env() -> jinja2.Environment:
 ENV = _env()
 
 
+@functools.lru_cache(maxsize=512)
 def context(settings: Settings, host: HostPlan) -> dict[str, Any]:
-    """Every value any template may use, computed once per host."""
+    """Every value any template may use, computed once per host (callers must not mutate it)."""
     imgs = versions.images()
     return {
         "host": host,

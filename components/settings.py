@@ -9,6 +9,7 @@ resource exists, so a bad value stops `pulumi up` with nothing created.
 from __future__ import annotations
 
 import difflib
+import functools
 import ipaddress
 import json
 import re
@@ -124,18 +125,18 @@ class Settings:
         net = ipaddress.ip_network(DOCKER_BRIDGE_CIDR)
         return f"{net[1]}/{net.prefixlen}"
 
-    @property
+    @functools.cached_property
     def master(self) -> HostPlan:
         return HostPlan("master", "master", _host_ip(self.subnet_cidr, 0))
 
-    @property
+    @functools.cached_property
     def minions(self) -> tuple[HostPlan, ...]:
         return tuple(
             HostPlan(f"minion-{i}", "minion", _host_ip(self.subnet_cidr, 1 + i))
             for i in range(self.minion_count)
         )
 
-    @property
+    @functools.cached_property
     def hosts(self) -> tuple[HostPlan, ...]:
         return (self.master, *self.minions)
 

@@ -98,13 +98,12 @@ def downloads(role: str, kubernetes_version: str) -> tuple[Download, ...]:
     return tuple(result)
 
 
-def summary() -> list[dict[str, str]]:
-    """Every artifact of every role, for the preview and the README: name, version, URL, sha256."""
+def summary(kubernetes_version: str) -> list[dict[str, str]]:
+    """Every artifact of every role, for the preview: name, version, URL, sha256."""
     seen: dict[str, dict[str, str]] = {}
-    for version in pinned_kubernetes_versions()[-1:]:
-        for role in ("master", "minion"):
-            for item in downloads(role, version):
-                seen[item.url] = {"name": item.name, "version": item.version, "url": item.url, "sha256": item.sha256 or "upstream .sha256"}
+    for role in ("master", "minion"):
+        for item in downloads(role, kubernetes_version):
+            seen[item.url] = {"name": item.name, "version": item.version, "url": item.url, "sha256": item.sha256 or "upstream .sha256"}
     for name, ref in images().items():
         seen[ref] = {"name": name, "version": ref.rsplit(":", 1)[-1], "url": ref, "sha256": "image tag"}
     return list(seen.values())

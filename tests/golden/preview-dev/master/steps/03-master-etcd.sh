@@ -1,0 +1,121 @@
+#!/bin/bash
+# kube-ec2 remote step master-etcd on master. Safe to run again: files are replaced only
+# when their content differs, daemons restart only when an input changed, every wait is bounded.
+set -euo pipefail
+STEP=master-etcd
+UNITS=(etcd.service)
+STATE=/var/lib/kube-ec2
+export PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin
+export KUBECONFIG=/etc/kubernetes/admin.kubeconfig
+
+log() { printf '%s %s: %s\n' "$(date -u +%H:%M:%S)" "$STEP" "$*" >&2; }
+
+# On any failure: say so and print the journal of every unit this step manages.
+on_exit() {
+  local rc=$? unit
+  ((rc == 0)) && return 0
+  log "FAILED (exit $rc)"
+  if declare -F step_debug >/dev/null; then step_debug >&2 || true; fi
+  for unit in "${UNITS[@]}"; do
+    echo "----- journalctl -u $unit -n 80 -----" >&2
+    journalctl -u "$unit" -n 80 --no-pager >&2 || true
+  done
+}
+trap on_exit EXIT
+
+# wait_until SECONDS WHAT COMMAND...: retry COMMAND every 2 s until it succeeds or time runs out.
+wait_until() {
+  local limit=$1 what=$2
+  shift 2
+  local deadline=$((SECONDS + limit))
+  until "$@" >/dev/null 2>&1; do
+    if ((SECONDS >= deadline)); then
+      log "$what: not ready after ${limit}s"
+      return 1
+    fi
+    sleep 2
+  done
+  log "$what: ok"
+}
+
+# put_file PATH MODE < CONTENT: replace PATH only when its content or mode differs.
+put_file() {
+  local path=$1 mode=$2 tmp
+  tmp=$(mktemp)
+  cat >"$tmp"
+  if [[ -f $path ]] && cmp -s "$tmp" "$path" && [[ $(stat -c %a "$path") == "${mode#0}" ]]; then
+    rm -f "$tmp"
+    return 0
+  fi
+  install -D -m "$mode" -o root -g root "$tmp" "$path"
+  rm -f "$tmp"
+  log "wrote $path"
+}
+
+# ensure_started UNIT INPUT...: enable UNIT and start it; restart it when any INPUT file changed
+# since it was last started by this step.
+ensure_started() {
+  local unit=$1 stamp want
+  shift
+  stamp="$STATE/$unit.inputs"
+  want=$(cat -- "$@" | sha256sum | cut -d' ' -f1)
+  systemctl daemon-reload
+  systemctl enable --quiet "$unit"
+  if [[ -f $stamp && $(cat "$stamp") == "$want" ]] && systemctl is-active --quiet "$unit"; then
+    log "$unit: unchanged and running"
+    return 0
+  fi
+  log "$unit: (re)starting"
+  systemctl restart "$unit"
+  install -d -m 0755 "$STATE"
+  echo "$want" >"$stamp"
+}
+
+# Files of etcd: the same content cloud-init wrote, so a changed template
+# reaches a running host.
+put_file /etc/systemd/system/etcd.service 0644 <<'KUBE_EC2_EOF'
+[Unit]
+Description=etcd: the cluster's key-value store (every setting is in /etc/etcd/etcd.conf.yml)
+Documentation=https://etcd.io/docs/
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=notify
+ExecStart=/usr/local/bin/etcd --config-file=/etc/etcd/etcd.conf.yml
+Restart=on-failure
+RestartSec=5
+LimitNOFILE=65536
+
+[Install]
+WantedBy=multi-user.target
+KUBE_EC2_EOF
+put_file /etc/etcd/etcd.conf.yml 0644 <<'KUBE_EC2_EOF'
+# etcd settings (single member on the master). TLS with client-certificate auth on both
+# listeners, against etcd's own CA; peers are not reachable from outside (2380 is not opened).
+name: master
+data-dir: /var/lib/etcd
+listen-client-urls: https://10.240.0.10:2379,https://127.0.0.1:2379
+advertise-client-urls: https://10.240.0.10:2379
+listen-peer-urls: https://10.240.0.10:2380
+initial-advertise-peer-urls: https://10.240.0.10:2380
+initial-cluster: master=https://10.240.0.10:2380
+initial-cluster-state: new
+initial-cluster-token: kube-ec2-dev
+listen-metrics-urls: http://127.0.0.1:2381
+client-transport-security:
+  cert-file: /etc/kubernetes/pki/etcd-server.crt
+  key-file: /etc/kubernetes/pki/etcd-server.key
+  client-cert-auth: true
+  trusted-ca-file: /etc/kubernetes/pki/etcd-ca.crt
+  auto-tls: false
+peer-transport-security:
+  cert-file: /etc/kubernetes/pki/etcd-peer.crt
+  key-file: /etc/kubernetes/pki/etcd-peer.key
+  client-cert-auth: true
+  trusted-ca-file: /etc/kubernetes/pki/etcd-ca.crt
+  auto-tls: false
+KUBE_EC2_EOF
+
+ensure_started etcd.service /etc/systemd/system/etcd.service /etc/etcd/etcd.conf.yml /etc/kubernetes/pki/etcd-ca.crt /etc/kubernetes/pki/etcd-server.crt /etc/kubernetes/pki/etcd-server.key /etc/kubernetes/pki/etcd-peer.crt /etc/kubernetes/pki/etcd-peer.key /usr/local/bin/etcd
+wait_until 120 "etcd health" bash -c 'curl -fsS --max-time 5 --cacert /etc/kubernetes/pki/etcd-ca.crt --cert /etc/kubernetes/pki/apiserver-etcd-client.crt --key /etc/kubernetes/pki/apiserver-etcd-client.key https://127.0.0.1:2379/health | grep -q "\"health\":\"true\""'

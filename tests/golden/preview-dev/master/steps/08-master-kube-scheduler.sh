@@ -1,0 +1,128 @@
+#!/bin/bash
+# kube-ec2 remote step master-kube-scheduler on master. Safe to run again: files are replaced only
+# when their content differs, daemons restart only when an input changed, every wait is bounded.
+set -euo pipefail
+STEP=master-kube-scheduler
+UNITS=(kube-scheduler.service)
+STATE=/var/lib/kube-ec2
+export PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin
+export KUBECONFIG=/etc/kubernetes/admin.kubeconfig
+
+log() { printf '%s %s: %s\n' "$(date -u +%H:%M:%S)" "$STEP" "$*" >&2; }
+
+# On any failure: say so and print the journal of every unit this step manages.
+on_exit() {
+  local rc=$? unit
+  ((rc == 0)) && return 0
+  log "FAILED (exit $rc)"
+  if declare -F step_debug >/dev/null; then step_debug >&2 || true; fi
+  for unit in "${UNITS[@]}"; do
+    echo "----- journalctl -u $unit -n 80 -----" >&2
+    journalctl -u "$unit" -n 80 --no-pager >&2 || true
+  done
+}
+trap on_exit EXIT
+
+# wait_until SECONDS WHAT COMMAND...: retry COMMAND every 2 s until it succeeds or time runs out.
+wait_until() {
+  local limit=$1 what=$2
+  shift 2
+  local deadline=$((SECONDS + limit))
+  until "$@" >/dev/null 2>&1; do
+    if ((SECONDS >= deadline)); then
+      log "$what: not ready after ${limit}s"
+      return 1
+    fi
+    sleep 2
+  done
+  log "$what: ok"
+}
+
+# put_file PATH MODE < CONTENT: replace PATH only when its content or mode differs.
+put_file() {
+  local path=$1 mode=$2 tmp
+  tmp=$(mktemp)
+  cat >"$tmp"
+  if [[ -f $path ]] && cmp -s "$tmp" "$path" && [[ $(stat -c %a "$path") == "${mode#0}" ]]; then
+    rm -f "$tmp"
+    return 0
+  fi
+  install -D -m "$mode" -o root -g root "$tmp" "$path"
+  rm -f "$tmp"
+  log "wrote $path"
+}
+
+# ensure_started UNIT INPUT...: enable UNIT and start it; restart it when any INPUT file changed
+# since it was last started by this step.
+ensure_started() {
+  local unit=$1 stamp want
+  shift
+  stamp="$STATE/$unit.inputs"
+  want=$(cat -- "$@" | sha256sum | cut -d' ' -f1)
+  systemctl daemon-reload
+  systemctl enable --quiet "$unit"
+  if [[ -f $stamp && $(cat "$stamp") == "$want" ]] && systemctl is-active --quiet "$unit"; then
+    log "$unit: unchanged and running"
+    return 0
+  fi
+  log "$unit: (re)starting"
+  systemctl restart "$unit"
+  install -d -m 0755 "$STATE"
+  echo "$want" >"$stamp"
+}
+
+# Files of kube-scheduler: the same content cloud-init wrote, so a changed template
+# reaches a running host.
+put_file /etc/systemd/system/kube-scheduler.service 0644 <<'KUBE_EC2_EOF'
+[Unit]
+Description=Kubernetes scheduler (settings in /etc/kubernetes/kube-scheduler.yaml)
+Documentation=https://kubernetes.io/docs/reference/command-line-tools-reference/kube-scheduler/
+After=kube-apiserver.service
+
+[Service]
+ExecStart=/usr/local/bin/kube-scheduler \
+  --authentication-kubeconfig=/etc/kubernetes/scheduler.kubeconfig \
+  --authorization-kubeconfig=/etc/kubernetes/scheduler.kubeconfig \
+  --bind-address=127.0.0.1 \
+  --config=/etc/kubernetes/kube-scheduler.yaml
+Restart=on-failure
+RestartSec=5
+
+[Install]
+WantedBy=multi-user.target
+KUBE_EC2_EOF
+put_file /etc/kubernetes/kube-scheduler.yaml 0644 <<'KUBE_EC2_EOF'
+apiVersion: kubescheduler.config.k8s.io/v1
+kind: KubeSchedulerConfiguration
+clientConnection:
+  kubeconfig: /etc/kubernetes/scheduler.kubeconfig
+enableProfiling: false
+enableContentionProfiling: false
+leaderElection:
+  leaderElect: true
+KUBE_EC2_EOF
+put_file /etc/kubernetes/scheduler.kubeconfig 0644 <<'KUBE_EC2_EOF'
+# scheduler -> https://127.0.0.1:6443; certificates are read from /etc/kubernetes/pki, delivered over SSH.
+apiVersion: v1
+kind: Config
+clusters:
+  - name: kube-ec2-dev
+    cluster:
+      certificate-authority: /etc/kubernetes/pki/ca.crt
+      server: https://127.0.0.1:6443
+users:
+  - name: scheduler
+    user:
+      client-certificate: /etc/kubernetes/pki/scheduler.crt
+      client-key: /etc/kubernetes/pki/scheduler.key
+contexts:
+  - name: default
+    context:
+      cluster: kube-ec2-dev
+      user: scheduler
+current-context: default
+KUBE_EC2_EOF
+
+ensure_started kube-scheduler.service /etc/systemd/system/kube-scheduler.service /etc/kubernetes/kube-scheduler.yaml /etc/kubernetes/scheduler.kubeconfig /etc/kubernetes/pki/ca.crt /etc/kubernetes/pki/scheduler.crt /etc/kubernetes/pki/scheduler.key /usr/local/bin/kube-scheduler
+# Bound to 127.0.0.1 with an in-memory self-signed serving certificate, hence -k for this local probe.
+wait_until 120 "kube-scheduler healthz" curl -fsSk --max-time 5 https://127.0.0.1:10259/healthz

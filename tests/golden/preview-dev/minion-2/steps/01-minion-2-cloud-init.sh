@@ -1,0 +1,181 @@
+#!/bin/bash
+# kube-ec2 remote step minion-2-cloud-init on minion-2. Safe to run again: files are replaced only
+# when their content differs, daemons restart only when an input changed, every wait is bounded.
+set -euo pipefail
+STEP=minion-2-cloud-init
+UNITS=(cloud-final.service)
+STATE=/var/lib/kube-ec2
+export PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin
+export KUBECONFIG=/etc/kubernetes/admin.kubeconfig
+
+log() { printf '%s %s: %s\n' "$(date -u +%H:%M:%S)" "$STEP" "$*" >&2; }
+
+# On any failure: say so and print the journal of every unit this step manages.
+on_exit() {
+  local rc=$? unit
+  ((rc == 0)) && return 0
+  log "FAILED (exit $rc)"
+  if declare -F step_debug >/dev/null; then step_debug >&2 || true; fi
+  for unit in "${UNITS[@]}"; do
+    echo "----- journalctl -u $unit -n 80 -----" >&2
+    journalctl -u "$unit" -n 80 --no-pager >&2 || true
+  done
+}
+trap on_exit EXIT
+
+# wait_until SECONDS WHAT COMMAND...: retry COMMAND every 2 s until it succeeds or time runs out.
+wait_until() {
+  local limit=$1 what=$2
+  shift 2
+  local deadline=$((SECONDS + limit))
+  until "$@" >/dev/null 2>&1; do
+    if ((SECONDS >= deadline)); then
+      log "$what: not ready after ${limit}s"
+      return 1
+    fi
+    sleep 2
+  done
+  log "$what: ok"
+}
+
+# put_file PATH MODE < CONTENT: replace PATH only when its content or mode differs.
+put_file() {
+  local path=$1 mode=$2 tmp
+  tmp=$(mktemp)
+  cat >"$tmp"
+  if [[ -f $path ]] && cmp -s "$tmp" "$path" && [[ $(stat -c %a "$path") == "${mode#0}" ]]; then
+    rm -f "$tmp"
+    return 0
+  fi
+  install -D -m "$mode" -o root -g root "$tmp" "$path"
+  rm -f "$tmp"
+  log "wrote $path"
+}
+
+# ensure_started UNIT INPUT...: enable UNIT and start it; restart it when any INPUT file changed
+# since it was last started by this step.
+ensure_started() {
+  local unit=$1 stamp want
+  shift
+  stamp="$STATE/$unit.inputs"
+  want=$(cat -- "$@" | sha256sum | cut -d' ' -f1)
+  systemctl daemon-reload
+  systemctl enable --quiet "$unit"
+  if [[ -f $stamp && $(cat "$stamp") == "$want" ]] && systemctl is-active --quiet "$unit"; then
+    log "$unit: unchanged and running"
+    return 0
+  fi
+  log "$unit: (re)starting"
+  systemctl restart "$unit"
+  install -d -m 0755 "$STATE"
+  echo "$want" >"$stamp"
+}
+
+step_debug() {
+  echo "----- cloud-init status --long -----"
+  cloud-init status --long || true
+  echo "----- tail /var/log/kube-ec2-prepare.log -----"
+  tail -n 60 /var/log/kube-ec2-prepare.log 2>/dev/null || true
+}
+
+# cloud-init status --wait exit codes: 0 = done; 2 = done with recoverable errors (for example a
+# deprecated key or a package mirror hiccup): accepted only when our prepare script finished, which
+# it marks with /var/lib/kube-ec2/cloud-init.done; 1 (a module failed) or anything else fails this step.
+rc=0
+timeout 1500 cloud-init status --wait >/dev/null || rc=$?
+case $rc in
+  0) log "cloud-init finished" ;;
+  2) log "cloud-init finished with recoverable errors:"; cloud-init status --long >&2 || true ;;
+  124) log "cloud-init still running after 1500s"; exit 1 ;;
+  *) log "cloud-init failed (exit $rc)"; exit 1 ;;
+esac
+if [[ ! -f /var/lib/kube-ec2/cloud-init.done ]]; then
+  log "/var/lib/kube-ec2/cloud-init.done is missing: the prepare script did not finish"
+  exit 1
+fi
+log "host prepared at $(cat /var/lib/kube-ec2/cloud-init.done)"
+
+# Hosts that are already running get what changed since their first boot: the member list, and
+# the preparation itself (a new kubernetesVersion, say), whose downloads are verified again.
+put_file /etc/hosts 0644 <<'KUBE_EC2_EOF'
+127.0.0.1 localhost
+::1 localhost ip6-localhost ip6-loopback
+10.240.0.10 master
+10.240.0.11 minion-0
+10.240.0.12 minion-1
+10.240.0.13 minion-2
+KUBE_EC2_EOF
+wanted=$(mktemp)
+cat >"$wanted" <<'KUBE_EC2_EOF'
+#!/bin/bash
+# Prepare minion-2 (minion of kube-ec2-dev): kernel settings and verified
+# binaries. Runs once from cloud-init; the remote steps wait for /var/lib/kube-ec2/cloud-init.done.
+set -euo pipefail
+exec > >(tee -a /var/log/kube-ec2-prepare.log) 2>&1
+echo "$(date -u +%FT%TZ) kube-ec2: preparing minion-2"
+
+modprobe overlay
+modprobe br_netfilter
+sysctl --system >/dev/null
+swapoff -a
+sed -i -E '/\sswap\s/s/^([^#])/#\1/' /etc/fstab
+
+CACHE=/var/cache/kube-ec2
+mkdir -p "$CACHE"
+
+# fetch URL SHA256|upstream OUT: download once; stop the bootstrap if the hash differs.
+fetch() {
+  local url=$1 want=$2 out=$3
+  if [[ $want == upstream ]]; then
+    want=$(curl -fsSL --retry 5 --retry-all-errors --max-time 60 "$url.sha256" | cut -d' ' -f1)
+  fi
+  if [[ -f $out ]] && echo "$want  $out" | sha256sum --check --status; then
+    return 0
+  fi
+  curl -fsSL --retry 5 --retry-all-errors --connect-timeout 10 --max-time 600 -o "$out.part" "$url"
+  if ! echo "$want  $out.part" | sha256sum --check --status; then
+    echo "kube-ec2: SHA-256 MISMATCH for $url: expected $want, got $(sha256sum "$out.part" | cut -d' ' -f1)" >&2
+    rm -f "$out.part"
+    exit 1
+  fi
+  mv "$out.part" "$out"
+}
+
+# install_binary URL SHA256 DEST
+install_binary() {
+  fetch "$1" "$2" "$CACHE/$(basename "$3")"
+  install -D -m 0755 "$CACHE/$(basename "$3")" "$3"
+}
+
+# install_archive URL SHA256 MEMBER=DEST...
+install_archive() {
+  local url=$1 sha=$2 archive tmp pair
+  shift 2
+  archive="$CACHE/$(basename "$url")"
+  fetch "$url" "$sha" "$archive"
+  tmp=$(mktemp -d)
+  tar -xzf "$archive" -C "$tmp"
+  for pair in "$@"; do
+    install -D -m 0755 "$tmp/${pair%%=*}" "${pair#*=}"
+  done
+  rm -rf "$tmp"
+}
+
+install_binary https://dl.k8s.io/release/v1.35.1/bin/linux/amd64/kubelet e7343310e03ff0d424df4397bdfa4468947d6d1f0f93dac586c1e8d6e4086d5d /usr/local/bin/kubelet
+install_binary https://dl.k8s.io/release/v1.35.1/bin/linux/amd64/kube-proxy upstream /usr/local/bin/kube-proxy
+install_binary https://github.com/flannel-io/flannel/releases/download/v0.27.4/flanneld-amd64 fc1233aac3ad2707d14c9ae42016b5402753f755f0d07cc5c41dc4190e95d299 /usr/local/bin/flanneld
+install_archive https://github.com/flannel-io/cni-plugin/releases/download/v1.7.1-flannel2/cni-plugin-flannel-linux-amd64-v1.7.1-flannel2.tgz upstream flannel-amd64=/opt/cni/bin/flannel
+install_archive https://github.com/Mirantis/cri-dockerd/releases/download/v0.3.24/cri-dockerd-0.3.24.amd64.tgz dd4b7f514c248a3aaca398f467430a4c58aae9a77ea8b96a2f5b5d6fba0948d1 cri-dockerd/cri-dockerd=/usr/local/bin/cri-dockerd
+install_archive https://github.com/containernetworking/plugins/releases/download/v1.8.0/cni-plugins-linux-amd64-v1.8.0.tgz ab3bda535f9d90766cccc90d3dddb5482003dd744d7f22bcf98186bf8eea8be6 bridge=/opt/cni/bin/bridge host-local=/opt/cni/bin/host-local loopback=/opt/cni/bin/loopback portmap=/opt/cni/bin/portmap
+
+install -d -m 0700 /etc/kubernetes/pki /var/lib/etcd
+install -d -m 0755 /var/log/kubernetes /etc/kube-ec2 /var/lib/kube-ec2
+date -u +%FT%TZ > /var/lib/kube-ec2/cloud-init.done
+echo "$(date -u +%FT%TZ) kube-ec2: minion-2 prepared"
+KUBE_EC2_EOF
+if ! cmp -s "$wanted" /usr/local/sbin/kube-ec2-prepare; then
+  install -m 0755 "$wanted" /usr/local/sbin/kube-ec2-prepare
+  log "preparation changed since first boot: running it again"
+  /usr/local/sbin/kube-ec2-prepare
+fi
+rm -f "$wanted"

@@ -1,0 +1,87 @@
+#!/bin/bash
+# kube-ec2 remote step minion-2-pki on minion-2. Safe to run again: files are replaced only
+# when their content differs, daemons restart only when an input changed, every wait is bounded.
+set -euo pipefail
+STEP=minion-2-pki
+UNITS=()
+STATE=/var/lib/kube-ec2
+export PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin
+export KUBECONFIG=/etc/kubernetes/admin.kubeconfig
+
+log() { printf '%s %s: %s\n' "$(date -u +%H:%M:%S)" "$STEP" "$*" >&2; }
+
+# On any failure: say so and print the journal of every unit this step manages.
+on_exit() {
+  local rc=$? unit
+  ((rc == 0)) && return 0
+  log "FAILED (exit $rc)"
+  if declare -F step_debug >/dev/null; then step_debug >&2 || true; fi
+  for unit in "${UNITS[@]}"; do
+    echo "----- journalctl -u $unit -n 80 -----" >&2
+    journalctl -u "$unit" -n 80 --no-pager >&2 || true
+  done
+}
+trap on_exit EXIT
+
+# wait_until SECONDS WHAT COMMAND...: retry COMMAND every 2 s until it succeeds or time runs out.
+wait_until() {
+  local limit=$1 what=$2
+  shift 2
+  local deadline=$((SECONDS + limit))
+  until "$@" >/dev/null 2>&1; do
+    if ((SECONDS >= deadline)); then
+      log "$what: not ready after ${limit}s"
+      return 1
+    fi
+    sleep 2
+  done
+  log "$what: ok"
+}
+
+# put_file PATH MODE < CONTENT: replace PATH only when its content or mode differs.
+put_file() {
+  local path=$1 mode=$2 tmp
+  tmp=$(mktemp)
+  cat >"$tmp"
+  if [[ -f $path ]] && cmp -s "$tmp" "$path" && [[ $(stat -c %a "$path") == "${mode#0}" ]]; then
+    rm -f "$tmp"
+    return 0
+  fi
+  install -D -m "$mode" -o root -g root "$tmp" "$path"
+  rm -f "$tmp"
+  log "wrote $path"
+}
+
+# ensure_started UNIT INPUT...: enable UNIT and start it; restart it when any INPUT file changed
+# since it was last started by this step.
+ensure_started() {
+  local unit=$1 stamp want
+  shift
+  stamp="$STATE/$unit.inputs"
+  want=$(cat -- "$@" | sha256sum | cut -d' ' -f1)
+  systemctl daemon-reload
+  systemctl enable --quiet "$unit"
+  if [[ -f $stamp && $(cat "$stamp") == "$want" ]] && systemctl is-active --quiet "$unit"; then
+    log "$unit: unchanged and running"
+    return 0
+  fi
+  log "$unit: (re)starting"
+  systemctl restart "$unit"
+  install -d -m 0755 "$STATE"
+  echo "$want" >"$stamp"
+}
+
+# Standard input: base64 of a tar.gz of this host's certificates and keys (a Pulumi secret).
+# Each file lands in /etc/kubernetes/pki as root:root 0600; nothing is printed but certificate fingerprints.
+umask 077
+incoming=$(mktemp -d)
+base64 -d | tar -xz -C "$incoming"
+install -d -m 0700 -o root -g root /etc/kubernetes/pki
+for file in "$incoming"/*; do
+  target=/etc/kubernetes/pki/${file##*/}
+  put_file "$target" 0600 <"$file"
+done
+rm -rf "$incoming"
+for cert in /etc/kubernetes/pki/*.crt; do
+  log "$(basename "$cert"): $(openssl x509 -in "$cert" -noout -subject -enddate | tr '\n' ' ')"
+done

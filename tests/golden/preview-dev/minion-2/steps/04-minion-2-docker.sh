@@ -1,0 +1,151 @@
+#!/bin/bash
+# kube-ec2 remote step minion-2-docker on minion-2. Safe to run again: files are replaced only
+# when their content differs, daemons restart only when an input changed, every wait is bounded.
+set -euo pipefail
+STEP=minion-2-docker
+UNITS=(docker.service cri-docker.socket cri-docker.service)
+STATE=/var/lib/kube-ec2
+export PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin
+export KUBECONFIG=/etc/kubernetes/admin.kubeconfig
+
+log() { printf '%s %s: %s\n' "$(date -u +%H:%M:%S)" "$STEP" "$*" >&2; }
+
+# On any failure: say so and print the journal of every unit this step manages.
+on_exit() {
+  local rc=$? unit
+  ((rc == 0)) && return 0
+  log "FAILED (exit $rc)"
+  if declare -F step_debug >/dev/null; then step_debug >&2 || true; fi
+  for unit in "${UNITS[@]}"; do
+    echo "----- journalctl -u $unit -n 80 -----" >&2
+    journalctl -u "$unit" -n 80 --no-pager >&2 || true
+  done
+}
+trap on_exit EXIT
+
+# wait_until SECONDS WHAT COMMAND...: retry COMMAND every 2 s until it succeeds or time runs out.
+wait_until() {
+  local limit=$1 what=$2
+  shift 2
+  local deadline=$((SECONDS + limit))
+  until "$@" >/dev/null 2>&1; do
+    if ((SECONDS >= deadline)); then
+      log "$what: not ready after ${limit}s"
+      return 1
+    fi
+    sleep 2
+  done
+  log "$what: ok"
+}
+
+# put_file PATH MODE < CONTENT: replace PATH only when its content or mode differs.
+put_file() {
+  local path=$1 mode=$2 tmp
+  tmp=$(mktemp)
+  cat >"$tmp"
+  if [[ -f $path ]] && cmp -s "$tmp" "$path" && [[ $(stat -c %a "$path") == "${mode#0}" ]]; then
+    rm -f "$tmp"
+    return 0
+  fi
+  install -D -m "$mode" -o root -g root "$tmp" "$path"
+  rm -f "$tmp"
+  log "wrote $path"
+}
+
+# ensure_started UNIT INPUT...: enable UNIT and start it; restart it when any INPUT file changed
+# since it was last started by this step.
+ensure_started() {
+  local unit=$1 stamp want
+  shift
+  stamp="$STATE/$unit.inputs"
+  want=$(cat -- "$@" | sha256sum | cut -d' ' -f1)
+  systemctl daemon-reload
+  systemctl enable --quiet "$unit"
+  if [[ -f $stamp && $(cat "$stamp") == "$want" ]] && systemctl is-active --quiet "$unit"; then
+    log "$unit: unchanged and running"
+    return 0
+  fi
+  log "$unit: (re)starting"
+  systemctl restart "$unit"
+  install -d -m 0755 "$STATE"
+  echo "$want" >"$stamp"
+}
+
+# docker.io was installed (and started with Ubuntu's defaults) by cloud-init; daemon.json below
+# restarts it with the systemd cgroup driver and a bridge clear of the cluster's ranges.
+# Files of docker: the same content cloud-init wrote, so a changed template
+# reaches a running host.
+put_file /etc/systemd/system/cri-docker.socket 0644 <<'KUBE_EC2_EOF'
+[Unit]
+Description=CRI socket for cri-dockerd (the kubelet talks to Docker through it)
+PartOf=cri-docker.service
+
+[Socket]
+ListenStream=/run/cri-dockerd.sock
+SocketMode=0660
+SocketUser=root
+SocketGroup=root
+
+[Install]
+WantedBy=sockets.target
+KUBE_EC2_EOF
+put_file /etc/systemd/system/cri-docker.service 0644 <<'KUBE_EC2_EOF'
+[Unit]
+Description=cri-dockerd: the CRI shim between the kubelet and Docker
+Documentation=https://github.com/Mirantis/cri-dockerd
+After=network-online.target docker.service cri-docker.socket flanneld.service
+Wants=network-online.target
+Requires=docker.service cri-docker.socket
+
+[Service]
+ExecStart=/usr/local/bin/cri-dockerd \
+  --cni-bin-dir=/opt/cni/bin \
+  --cni-conf-dir=/etc/cni/net.d \
+  --container-runtime-endpoint=fd:// \
+  --network-plugin=cni \
+  --pod-infra-container-image=registry.k8s.io/pause:3.10.1
+Restart=always
+RestartSec=5
+
+[Install]
+WantedBy=multi-user.target
+KUBE_EC2_EOF
+put_file /etc/docker/daemon.json 0644 <<'KUBE_EC2_EOF'
+{
+  "bip": "172.17.0.1/16",
+  "exec-opts": ["native.cgroupdriver=systemd"],
+  "iptables": false,
+  "ip-masq": false,
+  "live-restore": true,
+  "log-driver": "json-file",
+  "log-opts": {"max-size": "50m", "max-file": "3"},
+  "mtu": 8951,
+  "storage-driver": "overlay2"
+}
+KUBE_EC2_EOF
+put_file /etc/cni/net.d/10-flannel.conflist 0644 <<'KUBE_EC2_EOF'
+{
+  "name": "cbr0",
+  "cniVersion": "0.3.1",
+  "plugins": [
+    {
+      "type": "flannel",
+      "delegate": {
+        "hairpinMode": true,
+        "isDefaultGateway": true,
+        "mtu": 8951
+      }
+    },
+    {
+      "type": "portmap",
+      "capabilities": {"portMappings": true}
+    }
+  ]
+}
+KUBE_EC2_EOF
+
+ensure_started docker.service /etc/docker/daemon.json /etc/cni/net.d/10-flannel.conflist
+ensure_started cri-docker.service /etc/systemd/system/cri-docker.socket /etc/systemd/system/cri-docker.service /etc/docker/daemon.json /etc/cni/net.d/10-flannel.conflist /usr/local/bin/cri-dockerd
+wait_until 60 "docker" docker info
+wait_until 60 "cri-dockerd socket" test -S /run/cri-dockerd.sock
+wait_until 60 "cri-dockerd" systemctl is-active --quiet cri-docker.service
