@@ -187,3 +187,14 @@ def test_user_data_golden(role: str) -> None:
         golden.parent.mkdir(exist_ok=True)
         golden.write_text(text)
     assert text == golden.read_text(), f"{golden} differs: UPDATE_GOLDEN=1 python -m pytest tests/test_render.py"
+
+
+def test_every_value_in_yaml_templates_is_escaped() -> None:
+    """Outside comments, each {{ }} in a YAML template goes through `yaml` (or is a whole block/number)."""
+    allowed = ("| yaml", "| indent_block", "minion_count }}", "cluster_domain }} in-addr.arpa")
+    templates = [*(ROOT / "cloudinit").glob("*.yaml.j2"), *(ROOT / "cloudinit").glob("configs/*.y*ml.j2")]
+    templates += [ROOT / "cloudinit/configs/kubeconfig.j2", *(ROOT / "cloudinit").glob("manifests/*.j2")]
+    for path in templates:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if "{{" in line and not line.lstrip().startswith("#"):
+                assert any(a in line for a in allowed), f"{path.name}:{number}: {line.strip()}"

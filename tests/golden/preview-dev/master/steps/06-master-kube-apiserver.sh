@@ -141,7 +141,7 @@ rules:
 KUBE_EC2_EOF
 put_file /etc/kubernetes/encryption-config.yaml.tmpl 0600 <<'KUBE_EC2_EOF'
 # Secrets at rest: AES-CBC with a 32-byte key. __ENCRYPTION_KEY__ is replaced on the host by the
-# master-pki step with the key delivered over SSH; the result is /etc/kubernetes/pki/encryption-config.yaml (0600).
+# master-kube-apiserver step with the key master-pki delivered over SSH; the result is /etc/kubernetes/pki/encryption-config.yaml (0600).
 apiVersion: apiserver.config.k8s.io/v1
 kind: EncryptionConfiguration
 resources:
