@@ -98,6 +98,7 @@ Wants=network-online.target
 Requires=docker.service cri-docker.socket
 
 [Service]
+Type=notify
 ExecStart=/usr/local/bin/cri-dockerd \
   --cni-bin-dir=/opt/cni/bin \
   --cni-conf-dir=/etc/cni/net.d \
