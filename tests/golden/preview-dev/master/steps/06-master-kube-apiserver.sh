@@ -38,12 +38,12 @@ wait_until() {
   log "$what: ok"
 }
 
-# put_file PATH MODE < CONTENT: replace PATH only when its content or mode differs.
+# put_file PATH MODE < CONTENT: replace PATH only when its content, mode or owner (root) differs.
 put_file() {
   local path=$1 mode=$2 tmp
   tmp=$(mktemp)
   cat >"$tmp"
-  if [[ -f $path ]] && cmp -s "$tmp" "$path" && [[ $(stat -c %a "$path") == "${mode#0}" ]]; then
+  if [[ -f $path ]] && cmp -s "$tmp" "$path" && [[ $(stat -c %a:%u:%g "$path") == "${mode#0}:0:0" ]]; then
     rm -f "$tmp"
     return 0
   fi
@@ -140,7 +140,7 @@ rules:
   - level: Metadata
 KUBE_EC2_EOF
 put_file /etc/kubernetes/encryption-config.yaml.tmpl 0600 <<'KUBE_EC2_EOF'
-# Secrets at rest: AES-CBC with a 32-byte key. __ENCRYPTION_KEY__ is replaced on the host by the
+# Secrets at rest: AES-CBC with a 32-byte key. The placeholder below is replaced on the host by the
 # master-kube-apiserver step with the key master-pki delivered over SSH; the result is /etc/kubernetes/pki/encryption-config.yaml (0600).
 apiVersion: apiserver.config.k8s.io/v1
 kind: EncryptionConfiguration

@@ -38,12 +38,12 @@ wait_until() {
   log "$what: ok"
 }
 
-# put_file PATH MODE < CONTENT: replace PATH only when its content or mode differs.
+# put_file PATH MODE < CONTENT: replace PATH only when its content, mode or owner (root) differs.
 put_file() {
   local path=$1 mode=$2 tmp
   tmp=$(mktemp)
   cat >"$tmp"
-  if [[ -f $path ]] && cmp -s "$tmp" "$path" && [[ $(stat -c %a "$path") == "${mode#0}" ]]; then
+  if [[ -f $path ]] && cmp -s "$tmp" "$path" && [[ $(stat -c %a:%u:%g "$path") == "${mode#0}:0:0" ]]; then
     rm -f "$tmp"
     return 0
   fi
@@ -71,7 +71,7 @@ ensure_started() {
   echo "$want" >"$stamp"
 }
 
-wait_until 60 "API reachable with the admin identity" kubectl get --raw /readyz
+wait_until 60 "API reachable with the admin identity" kubectl --request-timeout=10s get --raw /readyz
 put_file /etc/kube-ec2/cluster-rbac.yaml 0644 <<'KUBE_EC2_EOF'
 # The apiserver reaches kubelets (logs, exec, port-forward) as this identity.
 apiVersion: rbac.authorization.k8s.io/v1

@@ -38,12 +38,12 @@ wait_until() {
   log "$what: ok"
 }
 
-# put_file PATH MODE < CONTENT: replace PATH only when its content or mode differs.
+# put_file PATH MODE < CONTENT: replace PATH only when its content, mode or owner (root) differs.
 put_file() {
   local path=$1 mode=$2 tmp
   tmp=$(mktemp)
   cat >"$tmp"
-  if [[ -f $path ]] && cmp -s "$tmp" "$path" && [[ $(stat -c %a "$path") == "${mode#0}" ]]; then
+  if [[ -f $path ]] && cmp -s "$tmp" "$path" && [[ $(stat -c %a:%u:%g "$path") == "${mode#0}:0:0" ]]; then
     rm -f "$tmp"
     return 0
   fi
@@ -146,7 +146,7 @@ fi
 log "echo pods spread over $nodes nodes"
 
 read -r client client_ip client_node <<<"${pods[0]}"
-probe() { kubectl -n "$NS" exec "$client" -- /agnhost connect --timeout=5s "$1"; }
+probe() { timeout 20 kubectl -n "$NS" exec "$client" -- /agnhost connect --timeout=5s "$1"; }
 for entry in "${pods[@]:1}"; do
   read -r _ ip node <<<"$entry"
   wait_until 60 "pod $client_ip on $client_node -> pod $ip on $node (flannel)" probe "$ip:8080"

@@ -38,12 +38,12 @@ wait_until() {
   log "$what: ok"
 }
 
-# put_file PATH MODE < CONTENT: replace PATH only when its content or mode differs.
+# put_file PATH MODE < CONTENT: replace PATH only when its content, mode or owner (root) differs.
 put_file() {
   local path=$1 mode=$2 tmp
   tmp=$(mktemp)
   cat >"$tmp"
-  if [[ -f $path ]] && cmp -s "$tmp" "$path" && [[ $(stat -c %a "$path") == "${mode#0}" ]]; then
+  if [[ -f $path ]] && cmp -s "$tmp" "$path" && [[ $(stat -c %a:%u:%g "$path") == "${mode#0}:0:0" ]]; then
     rm -f "$tmp"
     return 0
   fi
@@ -105,7 +105,8 @@ put_file /etc/hosts 0644 <<'KUBE_EC2_EOF'
 10.240.0.12 minion-1
 10.240.0.13 minion-2
 KUBE_EC2_EOF
-wanted=$(mktemp)
+install -d -m 0755 "$STATE"
+wanted="$STATE/prepare.next"
 cat >"$wanted" <<'KUBE_EC2_EOF'
 #!/bin/bash
 # Prepare minion-2 (minion of kube-ec2-dev): kernel settings and verified
@@ -174,8 +175,8 @@ date -u +%FT%TZ > /var/lib/kube-ec2/cloud-init.done
 echo "$(date -u +%FT%TZ) kube-ec2: minion-2 prepared"
 KUBE_EC2_EOF
 if ! cmp -s "$wanted" /usr/local/sbin/kube-ec2-prepare; then
-  install -m 0755 "$wanted" /usr/local/sbin/kube-ec2-prepare
+  # Installed only after it succeeded, so a failed run is retried by the next pulumi up.
   log "preparation changed since first boot: running it again"
-  /usr/local/sbin/kube-ec2-prepare
+  bash "$wanted"
+  install -m 0755 "$wanted" /usr/local/sbin/kube-ec2-prepare
 fi
-rm -f "$wanted"

@@ -38,12 +38,12 @@ wait_until() {
   log "$what: ok"
 }
 
-# put_file PATH MODE < CONTENT: replace PATH only when its content or mode differs.
+# put_file PATH MODE < CONTENT: replace PATH only when its content, mode or owner (root) differs.
 put_file() {
   local path=$1 mode=$2 tmp
   tmp=$(mktemp)
   cat >"$tmp"
-  if [[ -f $path ]] && cmp -s "$tmp" "$path" && [[ $(stat -c %a "$path") == "${mode#0}" ]]; then
+  if [[ -f $path ]] && cmp -s "$tmp" "$path" && [[ $(stat -c %a:%u:%g "$path") == "${mode#0}:0:0" ]]; then
     rm -f "$tmp"
     return 0
   fi
@@ -147,6 +147,6 @@ KUBE_EC2_EOF
 
 ensure_started docker.service /etc/docker/daemon.json /etc/cni/net.d/10-flannel.conflist
 ensure_started cri-docker.service /etc/systemd/system/cri-docker.socket /etc/systemd/system/cri-docker.service /etc/docker/daemon.json /etc/cni/net.d/10-flannel.conflist /usr/local/bin/cri-dockerd
-wait_until 60 "docker" docker info
+wait_until 60 "docker" timeout 10 docker info
 wait_until 60 "cri-dockerd socket" test -S /run/cri-dockerd.sock
 wait_until 60 "cri-dockerd" systemctl is-active --quiet cri-docker.service

@@ -1,0 +1,699 @@
+"""The rendered remote step scripts, run for real (as root, in a throw-away mount namespace).
+
+Every script here is exactly what `bootstrap.plan(dev_settings())` hands pulumi-command; nothing
+in its text is changed. The sandbox (tests/step_sandbox.py) mounts temp directories over the
+paths the scripts write and stubs systemctl, journalctl, curl, cloud-init, kubectl, ... in
+/usr/local/bin, so the scripts' own logic runs: put_file, ensure_started, wait_until, the EXIT
+trap, the cloud-init exit-code policy, the drain hook. What this proves: the steps are
+idempotent (a second run rewrites and restarts nothing), a changed input restarts exactly the
+daemons that read it, every wait is bounded, a failure prints FAILED and each unit's journal,
+secrets land 0600 root and are never printed.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import os
+import re
+import shlex
+import socket
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components import bootstrap, render
+from components.pki import make_bundle
+from components.render import MARKER, PKI_DIR
+from tests.conftest import dev_settings
+from tests.etcd_real import CLIENT_USES, issue_ca, issue_leaf
+from tests.step_sandbox import JOURNAL_MARKER, Result, Sandbox, probe, require_sandbox, sandbox
+
+SETTINGS = dev_settings()
+MINION = SETTINGS.minions[0]
+PREPARE = "/usr/local/sbin/kube-ec2-prepare"
+PREPARE_LOG = "/var/log/kube-ec2-prepare.log"
+
+
+@functools.cache
+def steps() -> dict[str, bootstrap.Step]:
+    return {s.name: s for s in bootstrap.plan(SETTINGS)}
+
+
+def step(name: str) -> bootstrap.Step:
+    return steps()[name]
+
+
+def units_of(script: str) -> list[str]:
+    """The UNITS array of a rendered script (what its EXIT trap prints the journal of)."""
+    line = next(line for line in script.splitlines() if line.startswith("UNITS=("))
+    return shlex.split(line[len("UNITS=(") : -1])
+
+
+def journal_shown(result: Result, unit: str) -> bool:
+    return (
+        f"----- journalctl -u {unit} -n 80 -----" in result.stderr
+        and f"{JOURNAL_MARKER} journalctl -u {unit} -n 80 --no-pager" in result.stderr
+    )
+
+
+def assert_failed_with_journals(result: Result, units: list[str]) -> None:
+    assert result.returncode != 0, result.explain()
+    assert re.search(r": FAILED \(exit \d+\)", result.stderr), result.explain()
+    assert units, "a step that manages units must name them"
+    for unit in units:
+        assert journal_shown(result, unit), f"no journal of {unit}\n{result.explain()}"
+
+
+def inode(box: Sandbox, inside: str) -> tuple[int, int]:
+    st = box.path(inside).stat()
+    return st.st_ino, st.st_mtime_ns
+
+
+@pytest.fixture(scope="module")
+def sandbox_works() -> None:
+    require_sandbox()
+    with sandbox() as box:
+        result = probe(box)
+        assert result.returncode == 0, f"the sandbox does not work here:\n{result.explain()}"
+        assert result.calls == [["systemctl", "is-active", "--quiet", "nothing"]], result.calls
+
+
+@pytest.fixture
+def box(sandbox_works: None) -> Iterator[Sandbox]:
+    with sandbox() as b:
+        yield b
+
+
+# --- certificates: real ones, so the pki step's `openssl x509` log line has something to read
+
+
+@functools.cache
+def _minion_pki() -> tuple[tuple[str, str], ...]:
+    ca = issue_ca(f"{SETTINGS.cluster_name} CA")
+    kubelet = issue_leaf(ca, f"system:node:{MINION.name}", CLIENT_USES)
+    proxy = issue_leaf(ca, "system:kube-proxy", CLIENT_USES)
+    files = {
+        "ca.crt": ca[0],
+        "kubelet.crt": kubelet[0],
+        "kubelet.key": kubelet[1],
+        "kube-proxy.crt": proxy[0],
+        "kube-proxy.key": proxy[1],
+    }
+    return tuple(files.items())
+
+
+def minion_pki() -> dict[str, str]:
+    return dict(_minion_pki())
+
+
+@functools.cache
+def _other_leaf() -> tuple[str, str]:
+    return issue_leaf(issue_ca("another CA"), f"system:node:{MINION.name}", CLIENT_USES)
+
+
+# --- 1. pki
+
+
+def test_pki_installs_every_file_0600_root_and_prints_no_key(box: Sandbox) -> None:
+    files = minion_pki()
+    result = box.run(step(f"{MINION.name}-pki").script, stdin=make_bundle(files))
+    assert result.returncode == 0, result.explain()
+    assert stat.S_IMODE(box.path(PKI_DIR).stat().st_mode) == 0o700
+    for name, content in files.items():
+        path = box.path(f"{PKI_DIR}/{name}")
+        st = path.stat()
+        assert path.read_text() == content, name
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o600, 0, 0), name
+    assert sorted(result.wrote()) == sorted(f"{PKI_DIR}/{name}" for name in files)
+    assert "PRIVATE KEY" not in result.output
+    for name, content in files.items():
+        if name.endswith(".key"):
+            body = content.splitlines()[1]
+            assert body not in result.output, f"{name} material in the output"
+    for name in ("ca.crt", "kubelet.crt", "kube-proxy.crt"):
+        assert re.search(rf": {re.escape(name)}: subject=.*notAfter=", result.stderr), result.explain()
+    assert box.tmp_leftovers() == [], "the unpacked bundle or a put_file temp file was left in /tmp"
+
+
+def test_pki_second_run_rewrites_nothing_and_a_changed_file_is_rewritten(box: Sandbox) -> None:
+    files = minion_pki()
+    script = step(f"{MINION.name}-pki").script
+    assert box.run(script, stdin=make_bundle(files)).returncode == 0
+    before = {name: inode(box, f"{PKI_DIR}/{name}") for name in files}
+
+    again = box.run(script, stdin=make_bundle(files))
+    assert again.returncode == 0, again.explain()
+    assert again.wrote() == [], again.explain()
+    assert {name: inode(box, f"{PKI_DIR}/{name}") for name in files} == before
+
+    cert, key = _other_leaf()
+    changed = {**files, "kubelet.crt": cert, "kubelet.key": key}
+    third = box.run(script, stdin=make_bundle(changed))
+    assert third.returncode == 0, third.explain()
+    assert sorted(third.wrote()) == [f"{PKI_DIR}/kubelet.crt", f"{PKI_DIR}/kubelet.key"]
+    assert box.read(f"{PKI_DIR}/kubelet.crt") == cert
+    assert box.mode(f"{PKI_DIR}/kubelet.key") == 0o600
+    for name in files.keys() - {"kubelet.crt", "kubelet.key"}:
+        assert inode(box, f"{PKI_DIR}/{name}") == before[name], name
+    assert "PRIVATE KEY" not in third.output
+
+
+def test_pki_tightens_a_key_whose_mode_was_loosened(box: Sandbox) -> None:
+    files = minion_pki()
+    script = step(f"{MINION.name}-pki").script
+    assert box.run(script, stdin=make_bundle(files)).returncode == 0
+    box.path(f"{PKI_DIR}/kubelet.key").chmod(0o644)
+    result = box.run(script, stdin=make_bundle(files))
+    assert result.returncode == 0, result.explain()
+    assert result.wrote() == [f"{PKI_DIR}/kubelet.key"]
+    assert box.mode(f"{PKI_DIR}/kubelet.key") == 0o600
+
+
+def test_pki_gives_a_key_back_to_root(box: Sandbox) -> None:
+    files = minion_pki()
+    script = step(f"{MINION.name}-pki").script
+    assert box.run(script, stdin=make_bundle(files)).returncode == 0
+    os.chown(box.path(f"{PKI_DIR}/kubelet.key"), 65534, 65534)
+    result = box.run(script, stdin=make_bundle(files))
+    assert result.returncode == 0, result.explain()
+    st = box.path(f"{PKI_DIR}/kubelet.key").stat()
+    assert (st.st_uid, st.st_gid) == (0, 0)
+
+
+# --- 2. a daemon step: minion-0-kubelet (kubelet + kube-proxy)
+
+KUBELET_STEP = f"{MINION.name}-kubelet"
+KUBELET_UNITS = ["kubelet.service", "kube-proxy.service"]
+
+
+def kubelet_files() -> dict[str, tuple[str, str]]:
+    return {**render.daemon_files(SETTINGS, MINION, "kubelet"), **render.daemon_files(SETTINGS, MINION, "kube-proxy")}
+
+
+def prepare_minion(box: Sandbox) -> None:
+    """What the host holds before the kubelet step: the PKI files and the downloaded binaries."""
+    for name, content in minion_pki().items():
+        box.write(f"{PKI_DIR}/{name}", content, 0o600)
+    box.fake_binary("kubelet")
+    box.fake_binary("kube-proxy")
+
+
+def test_daemon_step_writes_files_starts_units_and_a_second_run_changes_nothing(box: Sandbox) -> None:
+    prepare_minion(box)
+    script = step(KUBELET_STEP).script
+    assert units_of(script) == KUBELET_UNITS
+
+    first = box.run(script)
+    assert first.returncode == 0, first.explain()
+    files = kubelet_files()
+    assert first.wrote() == list(files)
+    for path, (mode, content) in files.items():
+        st = box.path(path).stat()
+        assert box.read(path) == content, path
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (int(mode, 8), 0, 0), path
+    assert first.restarted() == KUBELET_UNITS
+    assert [c[-1] for c in first.called("systemctl", "enable")] == KUBELET_UNITS
+    assert first.called("systemctl", "daemon-reload")
+    assert "kubelet healthz: ok" in first.stderr and "kube-proxy healthz: ok" in first.stderr
+    urls = [c[-1] for c in first.called("curl")]
+    assert urls == ["http://127.0.0.1:10248/healthz", "http://127.0.0.1:10256/healthz"]
+    for unit in KUBELET_UNITS:
+        assert box.exists(f"{render.STATE_DIR}/{unit}.inputs")
+    assert box.active() == set(KUBELET_UNITS)
+    stamps = {p: inode(box, p) for p in files}
+
+    second = box.run(script)
+    assert second.returncode == 0, second.explain()
+    assert second.wrote() == []
+    assert second.restarted() == []
+    for unit in KUBELET_UNITS:
+        assert f"{unit}: unchanged and running" in second.stderr
+    assert "kubelet healthz: ok" in second.stderr and "kube-proxy healthz: ok" in second.stderr
+    assert {p: inode(box, p) for p in files} == stamps
+    assert "FAILED" not in second.stderr
+    assert box.tmp_leftovers() == []
+
+
+def test_daemon_step_restarts_exactly_the_units_whose_inputs_changed(box: Sandbox) -> None:
+    prepare_minion(box)
+    script = step(KUBELET_STEP).script
+    assert box.run(script).restarted() == KUBELET_UNITS
+
+    # A renewed kubelet certificate (what a new pki bundle delivers): kubelet only.
+    cert, key = _other_leaf()
+    box.write(f"{PKI_DIR}/kubelet.crt", cert, 0o600)
+    box.write(f"{PKI_DIR}/kubelet.key", key, 0o600)
+    result = box.run(script)
+    assert result.returncode == 0, result.explain()
+    assert (result.restarted(), result.wrote()) == (["kubelet.service"], [])
+    assert "kube-proxy.service: unchanged and running" in result.stderr
+
+    # A new kube-proxy binary (a version upgrade by the preparation): kube-proxy only.
+    box.fake_binary("kube-proxy", "v2")
+    result = box.run(script)
+    assert result.returncode == 0, result.explain()
+    assert result.restarted() == ["kube-proxy.service"]
+
+    # A changed template (new rendered content in the script): the file is rewritten and only
+    # the daemon reading it restarts.
+    head = "put_file /var/lib/kube-proxy/config.yaml 0644 <<'KUBE_EC2_EOF'\n"
+    assert script.count(head) == 1
+    changed_script = script.replace(head, head + "# a changed template\n")
+    result = box.run(changed_script)
+    assert result.returncode == 0, result.explain()
+    assert result.wrote() == ["/var/lib/kube-proxy/config.yaml"]
+    assert result.restarted() == ["kube-proxy.service"]
+    assert box.read("/var/lib/kube-proxy/config.yaml").startswith("# a changed template\n")
+
+    # Back to the rendered script: rewritten and restarted again; then quiet.
+    result = box.run(script)
+    assert (result.wrote(), result.restarted()) == (["/var/lib/kube-proxy/config.yaml"], ["kube-proxy.service"])
+    assert box.run(script).restarted() == []
+
+    # A file edited by hand on the host is put back. The daemon was started with exactly the
+    # restored content, so it is not restarted.
+    box.path("/var/lib/kubelet/config.yaml").write_text("tampered: true\n")
+    result = box.run(script)
+    assert (result.wrote(), result.restarted()) == (["/var/lib/kubelet/config.yaml"], [])
+
+    # A daemon that died (not active) is started again, even with nothing changed.
+    box.set_active("kube-proxy.service", False)
+    result = box.run(script)
+    assert (result.wrote(), result.restarted()) == ([], ["kube-proxy.service"])
+
+
+def test_daemon_step_failed_restart_prints_journals_and_is_retried_next_run(box: Sandbox) -> None:
+    prepare_minion(box)
+    script = step(KUBELET_STEP).script
+    box.rule("systemctl", "restart kube-proxy.service", rc=1, stderr="Job for kube-proxy.service failed.\n")
+    failed = box.run(script)
+    assert_failed_with_journals(failed, KUBELET_UNITS)
+    assert "Job for kube-proxy.service failed." in failed.stderr
+    assert failed.called("curl") == [], "health checked although a unit did not start"
+    assert not box.exists(f"{render.STATE_DIR}/kube-proxy.service.inputs"), "a failed start was recorded as done"
+
+    box.clear_rules()
+    retried = box.run(script)
+    assert retried.returncode == 0, retried.explain()
+    assert retried.restarted() == ["kube-proxy.service"]
+
+
+def test_daemon_step_fails_when_an_input_is_missing(box: Sandbox) -> None:
+    prepare_minion(box)
+    box.path("/usr/local/bin/kube-proxy").unlink()
+    result = box.run(step(KUBELET_STEP).script)
+    assert_failed_with_journals(result, KUBELET_UNITS)
+    assert "kube-proxy.service" not in result.restarted()
+
+
+def test_apiserver_step_writes_the_encryption_config_0600_with_the_key_and_never_prints_it(box: Sandbox) -> None:
+    master = SETTINGS.master
+    key = base64.b64encode(b"K" * 31 + b"1").decode()
+    for name in render.DAEMONS["kube-apiserver"].pki:
+        if name != "encryption-config.yaml":
+            box.write(f"{PKI_DIR}/{name}", f"dummy {name}\n", 0o600)
+    box.write(f"{PKI_DIR}/encryption.key", key + "\n", 0o600)
+    box.fake_binary("kube-apiserver")
+    script = step("master-kube-apiserver").script
+
+    first = box.run(script)
+    assert first.returncode == 0, first.explain()
+    config = f"{PKI_DIR}/encryption-config.yaml"
+    st = box.path(config).stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o600, 0, 0)
+    parsed = yaml.safe_load(box.read(config))
+    assert parsed["resources"][0]["providers"][0]["aescbc"]["keys"][0]["secret"] == key
+    assert "__ENCRYPTION_KEY__" not in box.read(config).split("apiVersion:", 1)[1]
+    for path in ("/etc/kubernetes/encryption-config.yaml.tmpl", "/etc/kubernetes/admin.kubeconfig"):
+        assert box.mode(path) == 0o600, path
+    assert box.mode("/var/log/kubernetes") == 0o700
+    assert key not in first.output
+    assert first.restarted() == ["kube-apiserver.service"]
+    files = render.daemon_files(SETTINGS, master, "kube-apiserver")
+    assert first.wrote() == [*files, "/etc/kubernetes/admin.kubeconfig", config]
+
+    again = box.run(script)
+    assert again.returncode == 0, again.explain()
+    assert (again.wrote(), again.restarted()) == ([], [])
+
+    rotated = base64.b64encode(b"R" * 32).decode()
+    box.write(f"{PKI_DIR}/encryption.key", rotated + "\n", 0o600)
+    third = box.run(script)
+    assert (third.wrote(), third.restarted()) == ([config], ["kube-apiserver.service"])
+    assert rotated in box.read(config) and rotated not in third.output
+    assert box.mode(config) == 0o600
+
+
+def test_docker_step_restarts_services_never_the_socket(box: Sandbox) -> None:
+    box.fake_binary("cri-dockerd")
+    sock = box.path("/run/cri-dockerd.sock")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(sock))
+    script = step(f"{MINION.name}-docker").script
+    assert units_of(script) == ["docker.service", "cri-docker.socket", "cri-docker.service"]
+    first = box.run(script)
+    assert first.returncode == 0, first.explain()
+    assert first.restarted() == ["docker.service", "cri-docker.service"]
+    assert {"docker: ok", "cri-dockerd socket: ok", "cri-dockerd: ok"} <= {
+        line.split(": ", 1)[1] for line in first.stderr.splitlines() if ": " in line
+    }
+    again = box.run(script)
+    assert again.returncode == 0, again.explain()
+    assert (again.wrote(), again.restarted()) == ([], [])
+
+
+# --- 3. bounded waits and the journal on failure
+
+
+def test_daemon_health_wait_gives_up_at_its_bound_and_prints_every_journal(box: Sandbox) -> None:
+    """The real kubelet step with kubelet's healthz refusing, on a virtual clock (see Sandbox.run)."""
+    prepare_minion(box)
+    box.rule("curl", "*127.0.0.1:10248*", rc=7, stderr="curl: (7) Failed to connect (sandbox stub)\n")
+    result = box.run(step(KUBELET_STEP).script, virtual_clock=True, timeout=60)
+    assert_failed_with_journals(result, KUBELET_UNITS)
+    assert "kubelet healthz: not ready after 120s" in result.stderr
+    sleeps = [float(c[1]) for c in result.calls if c[0] == "sleep"]
+    attempts = result.called("curl")
+    assert 118 <= sum(sleeps) <= 122, sleeps
+    assert len(attempts) == len(sleeps) + 1, "one attempt after each 2 s pause, plus the first"
+    assert all(c[-1] == "http://127.0.0.1:10248/healthz" for c in attempts), "went on after a failed wait"
+    assert all("--max-time" in c for c in attempts), "an attempt without its own time limit"
+
+
+def lib_script(units: tuple[str, ...], body: str) -> str:
+    ctx = render.context(SETTINGS, MINION)
+    return render.render("steps/lib.sh.j2", ctx, step="lib-test", units=units) + body
+
+
+def test_wait_until_is_bounded_in_real_time_and_failure_prints_journals(box: Sandbox) -> None:
+    box.rule("curl", "*", rc=7)
+    units = ("a.service", "b.service")
+    result = box.run(lib_script(units, 'wait_until 3 "thing" curl -fsS --max-time 1 http://127.0.0.1:1/\necho after\n'))
+    assert_failed_with_journals(result, list(units))
+    assert "thing: not ready after 3s" in result.stderr
+    assert "after" not in result.stdout, "the script went on after a failed wait"
+    assert 1.9 <= result.elapsed <= 7, result.elapsed  # bash's SECONDS ticks in whole wall-clock seconds
+    assert len(result.called("curl")) >= 2, "never retried"
+
+
+def test_wait_until_succeeds_once_the_command_does(box: Sandbox) -> None:
+    body = 'touch_later() { [[ -e /tmp/ready ]] || { : >/tmp/ready; return 1; }; }\nwait_until 10 "thing" touch_later\n'
+    result = box.run(lib_script(("a.service",), body))
+    assert result.returncode == 0, result.explain()
+    assert "thing: ok" in result.stderr
+    assert 1.5 <= result.elapsed <= 6, result.elapsed
+    assert JOURNAL_MARKER not in result.output
+
+
+def _waits() -> list[tuple[str, str, str]]:
+    """(step, wait_until line, script) for every wait in the master's and minion-0's steps."""
+    found = []
+    for s in steps().values():
+        if s.host not in ("master", MINION.name) or s.name.startswith(tuple(f"{m.name}-" for m in SETTINGS.minions[1:])):
+            continue
+        for script in (s.script, s.delete_script or ""):
+            for line in script.splitlines():
+                stripped = line.strip()
+                if stripped.startswith("wait_until ") and "()" not in stripped:
+                    found.append((s.name, stripped, script))
+    return found
+
+
+LOCAL = {"test", "ip", "systemctl", "true", "false", "python3", "grep"}
+"""Commands that do not wait on a remote peer (or read only their stdin)."""
+
+
+def _pipeline_bounded(tokens: list[str], script: str) -> bool:
+    segments: list[list[str]] = [[]]
+    for t in tokens:
+        if t in ("|", "||", "&&"):
+            segments.append([])
+        else:
+            segments[-1].append(t)
+    return all(_command_bounded(seg, script) for seg in segments if seg)
+
+
+def _command_bounded(cmd: list[str], script: str) -> bool:
+    head = cmd[0]
+    if head in LOCAL or head == "timeout":
+        return True
+    if head == "curl":
+        return "--max-time" in cmd or "-m" in cmd
+    if head == "kubectl":
+        own = cmd[: cmd.index("--")] if "--" in cmd else cmd
+        return any(t.startswith("--request-timeout") for t in own)
+    if head == "bash" and cmd[1] == "-c":
+        return _pipeline_bounded(shlex.split(cmd[2]), script)
+    # A shell function of the script: `name() { ...; }` on one line, or its body up to a `}` line.
+    name = re.escape(head)
+    body = re.search(rf"^{name}\(\) {{ (.*); }}$", script, re.MULTILINE) or re.search(
+        rf"^{name}\(\) {{\n(.*?)\n}}$", script, re.MULTILINE | re.DOTALL
+    )
+    if body:
+        return _pipeline_bounded(shlex.split(body.group(1).replace("\\\n", " "), comments=True), script)
+    return False
+
+
+_PROBE = "probe's `kubectl exec` has no time limit of its own"
+@pytest.mark.parametrize(
+    ("name", "line"),
+    [pytest.param(name, line, id=f"{name}:{shlex.split(line)[2]}") for name, line, _ in _waits()],
+)
+def test_every_wait_has_a_literal_bound_and_bounded_attempts(name: str, line: str) -> None:
+    """wait_until checks its deadline between attempts, so each attempt must end by itself."""
+    script = next(s for n, ln, s in _waits() if (n, ln) == (name, line))
+    tokens = shlex.split(line)
+    assert tokens[1].isdigit() and 0 < int(tokens[1]) <= 300, line
+    assert _command_bounded(tokens[3:], script), f"{name}: an attempt can hang past the bound: {line}"
+
+
+def test_server_side_waits_have_timeouts() -> None:
+    for s in steps().values():
+        for script in (s.script, s.delete_script or ""):
+            for line in script.splitlines():
+                if line.lstrip().startswith("#"):
+                    continue
+                if re.search(r"kubectl .*(rollout status|drain |delete .*--wait=true)", line):
+                    assert "--timeout=" in line, f"{s.name}: {line}"
+                if "cloud-init status --wait" in line:
+                    assert line.lstrip().startswith("timeout "), f"{s.name}: {line}"
+
+
+# --- 4. wait-cloud-init
+
+CLOUD_INIT_STEP = f"{MINION.name}-cloud-init"
+
+
+def prepared_host(box: Sandbox, prepare: str | None = None, marker: bool = True) -> None:
+    """A host whose first boot ran `prepare` (default: the one the step embeds)."""
+    if marker:
+        box.write(MARKER, "2025-01-01T00:00:00Z\n")
+    box.write(PREPARE, prepare if prepare is not None else render.prepare_script(SETTINGS, MINION), 0o755)
+    box.write(PREPARE_LOG, "2025-01-01T00:00:00Z kube-ec2: PREPARE-LOG-TAIL\n", 0o644)
+
+
+def test_wait_cloud_init_done_writes_hosts_once(box: Sandbox) -> None:
+    prepared_host(box)
+    script = step(CLOUD_INIT_STEP).script
+    result = box.run(script)
+    assert result.returncode == 0, result.explain()
+    assert "cloud-init finished" in result.stderr
+    assert "host prepared at 2025-01-01T00:00:00Z" in result.stderr
+    assert result.called("cloud-init", "status", "--wait")
+    hosts = box.read("/etc/hosts")
+    assert hosts == render.hosts_file(SETTINGS)
+    for h in SETTINGS.hosts:
+        assert f"{h.private_ip} {h.name}" in hosts.splitlines(), h.name
+    assert box.mode("/etc/hosts") == 0o644
+    assert result.wrote() == ["/etc/hosts"]
+    assert "running it again" not in result.stderr
+    assert result.called("modprobe") == [] and result.called("curl") == []
+    assert box.tmp_leftovers() == []
+
+    before = {p: inode(box, p) for p in ("/etc/hosts", PREPARE)}
+    again = box.run(script)
+    assert again.returncode == 0, again.explain()
+    assert again.wrote() == []
+    assert {p: inode(box, p) for p in before} == before
+    assert again.called("modprobe") == [] and again.called("curl") == []
+
+
+def test_wait_cloud_init_recoverable_errors_with_marker_pass_with_a_warning(box: Sandbox) -> None:
+    prepared_host(box)
+    box.rule("cloud-init", "status --wait", rc=2)
+    box.rule("cloud-init", "status --long", rc=2, stdout="status: done\nrecoverable_errors:\n  WARNING: STUB-DEPRECATED-KEY\n")
+    result = box.run(step(CLOUD_INIT_STEP).script)
+    assert result.returncode == 0, result.explain()
+    assert "cloud-init finished with recoverable errors:" in result.stderr
+    assert "STUB-DEPRECATED-KEY" in result.stderr
+    assert "FAILED" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("rc", "marker", "message"),
+    [
+        (2, False, f"{MARKER} is missing: the prepare script did not finish"),
+        (0, False, f"{MARKER} is missing: the prepare script did not finish"),
+        (1, True, "cloud-init failed (exit 1)"),
+        (124, True, "cloud-init still running after 1500s"),
+    ],
+    ids=["recoverable-without-marker", "done-without-marker", "module-failed", "timed-out"],
+)
+def test_wait_cloud_init_failures_show_status_and_prepare_log(box: Sandbox, rc: int, marker: bool, message: str) -> None:
+    prepared_host(box, marker=marker)
+    box.rule("cloud-init", "status --wait", rc=rc)
+    box.rule("cloud-init", "status --long", rc=rc, stdout="status: error (STUB-LONG-STATUS)\n")
+    result = box.run(step(CLOUD_INIT_STEP).script)
+    assert_failed_with_journals(result, ["cloud-final.service"])
+    assert message in result.stderr
+    assert "----- cloud-init status --long -----" in result.stderr and "STUB-LONG-STATUS" in result.stderr
+    assert "----- tail /var/log/kube-ec2-prepare.log -----" in result.stderr
+    assert "PREPARE-LOG-TAIL" in result.stderr
+    assert not box.exists("/etc/hosts"), "went on to write /etc/hosts on a host that is not prepared"
+
+
+def _changed_preparation_run(box: Sandbox) -> Result:
+    prepared_host(box, prepare="#!/bin/bash\necho 'the first boot preparation'\n")
+    box.write("/etc/fstab", "LABEL=root / ext4 defaults 0 1\n/swapfile none swap sw 0 0\n")
+    box.rule("curl", "*", rc=22, stderr="curl: (22) STUB-DOWNLOAD-FAILED\n")
+    return box.run(step(CLOUD_INIT_STEP).script)
+
+
+def test_wait_cloud_init_runs_a_changed_preparation(box: Sandbox) -> None:
+    """A changed prepare script is run, and installed only once it succeeded: here its first download
+    fails, so the step fails and the old script stays, and the next run tries again."""
+    result = _changed_preparation_run(box)
+    assert "preparation changed since first boot: running it again" in result.stderr
+    assert box.read(PREPARE) == "#!/bin/bash\necho 'the first boot preparation'\n"
+    # It ran the new script (the stubs shield the host's kernel and swap).
+    assert result.called("modprobe") == [["modprobe", "overlay"], ["modprobe", "br_netfilter"]]
+    assert result.called("sysctl", "--system") and result.called("swapoff", "-a")
+    assert "#/swapfile none swap sw 0 0" in box.read("/etc/fstab")
+    first_download = render.context(SETTINGS, MINION)["downloads"][0].url
+    assert any(first_download in " ".join(c) for c in result.called("curl")), result.calls
+    assert_failed_with_journals(result, ["cloud-final.service"])
+    assert "STUB-DOWNLOAD-FAILED" in result.output
+    assert f"kube-ec2: preparing {MINION.name}" in box.read(PREPARE_LOG)
+
+
+def test_wait_cloud_init_retries_a_preparation_that_failed(box: Sandbox) -> None:
+    assert _changed_preparation_run(box).returncode != 0
+    retry = box.run(step(CLOUD_INIT_STEP).script)
+    assert retry.returncode != 0 or retry.called("curl"), "a failed preparation was skipped on the retry"
+
+
+# --- 5. smoke test, CoreDNS, drain
+
+
+def _all_scripts() -> list[tuple[str, str]]:
+    out = []
+    for s in steps().values():
+        out.append((s.name, s.script))
+        if s.delete_script:
+            out.append((f"{s.name}-delete", s.delete_script))
+    return out
+
+
+@pytest.mark.parametrize(("name", "script"), _all_scripts(), ids=[n for n, _ in _all_scripts()])
+def test_every_step_script_parses(name: str, script: str, tmp_path: Path) -> None:
+    path = tmp_path / f"{name}.sh"
+    path.write_text(script)
+    result = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True, timeout=10)
+    assert result.returncode == 0, result.stderr
+
+
+DRAIN = f"{MINION.name}-drain"
+
+
+def test_drain_of_an_unregistered_node_does_nothing(box: Sandbox) -> None:
+    box.rule("kubectl", f"get node {MINION.name}", rc=1, stderr=f'Error from server (NotFound): nodes "{MINION.name}" not found\n')
+    result = box.run(step(DRAIN).delete_script or "")
+    assert result.returncode == 0, result.explain()
+    assert f"node {MINION.name} is not registered; nothing to drain" in result.stderr
+    assert [c[1] for c in result.called("kubectl")] == ["get"]
+
+
+def test_drain_that_does_not_finish_still_deletes_the_node(box: Sandbox) -> None:
+    box.rule("kubectl", f"drain {MINION.name} *", rc=1, stderr="error: unable to drain node (sandbox stub)\n")
+    result = box.run(step(DRAIN).delete_script or "")
+    assert result.returncode == 0, result.explain()
+    assert f"warning: drain of {MINION.name} did not finish; deleting the node anyway" in result.stderr
+    assert [c[1] for c in result.called("kubectl")] == ["get", "drain", "delete"]
+    delete = result.called("kubectl", "delete")[0]
+    assert delete[2:4] == ["node", MINION.name] and any(a.startswith("--timeout=") for a in delete)
+    assert f"node {MINION.name} drained and deleted" in result.stderr
+
+
+def test_drain_whose_delete_fails_fails_with_the_apiserver_journal(box: Sandbox) -> None:
+    box.rule("kubectl", "delete node *", rc=1)
+    script = step(DRAIN).delete_script or ""
+    result = box.run(script)
+    assert_failed_with_journals(result, units_of(script))
+    assert units_of(script) == ["kube-apiserver.service"]
+
+
+def test_drain_create_script_only_registers(box: Sandbox) -> None:
+    result = box.run(step(DRAIN).script)
+    assert result.returncode == 0, result.explain()
+    assert f"drain hook for {MINION.name} registered" in result.stderr
+    assert result.calls == []
+
+
+def test_coredns_applies_its_manifest_and_waits_bounded(box: Sandbox) -> None:
+    script = step("master-coredns").script
+    manifest = render.render("manifests/coredns.yaml.j2", render.context(SETTINGS, SETTINGS.master))
+    result = box.run(script)
+    assert result.returncode == 0, result.explain()
+    assert box.read("/etc/kube-ec2/coredns.yaml") == manifest
+    assert result.called("kubectl", "apply") == [["kubectl", "apply", "-f", "/etc/kube-ec2/coredns.yaml"]]
+    rollout = result.called("kubectl", "-n", "kube-system", "rollout", "status")
+    assert len(rollout) == 1 and "--timeout=300s" in rollout[0]
+    again = box.run(script)
+    assert again.returncode == 0 and again.wrote() == [], again.explain()
+
+
+def test_coredns_rollout_failure_prints_pods_events_and_journal(box: Sandbox) -> None:
+    box.rule("kubectl", "-n kube-system rollout status *", rc=1, stderr="error: timed out waiting (sandbox stub)\n")
+    box.rule("kubectl", "-n kube-system get pods *", stdout="coredns-abc 0/1 CrashLoopBackOff STUB-PODS\n")
+    script = step("master-coredns").script
+    result = box.run(script)
+    assert_failed_with_journals(result, units_of(script))
+    assert "STUB-PODS" in result.stderr
+
+
+SMOKE_PODS = "".join(f"echo-{i} 10.200.{i}.5 {m.name}\n" for i, m in enumerate(SETTINGS.minions))
+
+
+def smoke_rules(box: Sandbox, pods: str = SMOKE_PODS) -> None:
+    box.rule("kubectl", "-n kube-ec2-smoke get pods -l app=echo *", stdout=pods)
+    box.rule("kubectl", "-n kube-ec2-smoke get service echo *", stdout="10.32.0.99")
+
+
+def test_smoke_test_probes_every_pod_the_service_and_dns(box: Sandbox) -> None:
+    smoke_rules(box)
+    result = box.run(step("master-smoke-test").script)
+    assert result.returncode == 0, result.explain()
+    assert f"echo pods spread over {SETTINGS.minion_count} nodes" in result.stderr
+    targets = [c[-1] for c in result.called("kubectl", "-n", "kube-ec2-smoke", "exec")]
+    expected = [f"10.200.{i}.5:8080" for i in range(1, SETTINGS.minion_count)]
+    expected += ["10.32.0.99:80", f"echo.kube-ec2-smoke.svc.{SETTINGS.cluster_domain}:80"]
+    assert targets == expected
+    assert "smoke test passed" in result.stderr
+    deletes = result.called("kubectl", "delete", "namespace")
+    assert len(deletes) == 2 and any(a.startswith("--timeout=") for a in deletes[0])
+
+
+def test_smoke_test_fails_when_pods_do_not_spread(box: Sandbox) -> None:
+    crowded = "".join(f"echo-{i} 10.200.1.{i} {MINION.name}\n" for i in range(SETTINGS.minion_count))
+    smoke_rules(box, crowded)
+    script = step("master-smoke-test").script
+    result = box.run(script)
+    assert_failed_with_journals(result, units_of(script))
+    assert f"echo pods run on 1 nodes, expected {SETTINGS.minion_count}" in result.stderr
+    assert result.called("kubectl", "-n", "kube-ec2-smoke", "exec") == []
+    assert "kube-ec2-smoke get pods,svc,endpointslices" in " ".join(" ".join(c) for c in result.calls)
