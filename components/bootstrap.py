@@ -77,7 +77,7 @@ def _daemon_step(
                 starts.append((unit, inputs))
     ctx = render.context(settings, host)
     for f in extra_files:
-        files[f.path] = (f.mode, render._render_file(f, ctx))
+        files[f.path] = (f.mode, render.render_file(f, ctx))
     script = _script(
         template, settings, host, step, tuple(units), daemons=daemons, files=files, starts=starts, **extra
     )

@@ -206,7 +206,8 @@ def render(template: str, ctx: dict[str, Any], **extra: Any) -> str:
     return ENV.get_template(template).render(**ctx, **extra)
 
 
-def _render_file(f: File, ctx: dict[str, Any]) -> str:
+def render_file(f: File, ctx: dict[str, Any]) -> str:
+    """Render one File; kubeconfigs get their identity and the API address for the host's role."""
     user = KUBECONFIG_USERS.get(f.path)
     if user is None:
         return render(f.template, ctx)
@@ -217,7 +218,7 @@ def _render_file(f: File, ctx: dict[str, Any]) -> str:
 def daemon_files(settings: Settings, host: HostPlan, daemon: str) -> dict[str, tuple[str, str]]:
     """path -> (mode, content) of every non-secret file of one daemon on one host."""
     ctx = context(settings, host)
-    return {f.path: (f.mode, _render_file(f, ctx)) for f in DAEMONS[daemon].all_files}
+    return {f.path: (f.mode, render_file(f, ctx)) for f in DAEMONS[daemon].all_files}
 
 
 def host_files(settings: Settings, host: HostPlan) -> dict[str, tuple[str, str]]:
@@ -226,10 +227,10 @@ def host_files(settings: Settings, host: HostPlan) -> dict[str, tuple[str, str]]
     files: dict[str, tuple[str, str]] = {}
     for daemon in ROLE_DAEMONS[host.role]:
         for f in DAEMONS[daemon].all_files:
-            files[f.path] = (f.mode, _render_file(f, ctx))
+            files[f.path] = (f.mode, render_file(f, ctx))
     if host.role == "master":
         for f in MASTER_EXTRA_FILES:
-            files[f.path] = (f.mode, _render_file(f, ctx))
+            files[f.path] = (f.mode, render_file(f, ctx))
     return files
 
 
