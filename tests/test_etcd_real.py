@@ -21,6 +21,8 @@ from components import bootstrap
 from components.render import FLANNEL_PREFIX
 from tests.etcd_real import (
     CLIENT_USES,
+    RELEASES,
+    EtcdRelease,
     RealEtcd,
     dev_settings,
     etcd_pki_files,
@@ -40,15 +42,16 @@ def step_script(name: str) -> str:
     return {s.name: s for s in bootstrap.plan(dev_settings())}[name].script
 
 
-@pytest.fixture(scope="module")
-def etcd() -> Iterator[RealEtcd]:
-    require_real_etcd()
+@pytest.fixture(scope="module", params=RELEASES, ids=[r.name for r in RELEASES])
+def etcd(request: pytest.FixtureRequest) -> Iterator[RealEtcd]:
+    release: EtcdRelease = request.param
+    require_real_etcd(release)
     files = etcd_pki_files()
     s = dev_settings()
     files[f"{STRANGER}.crt"], files[f"{STRANGER}.key"] = issue_leaf(
         issue_ca(f"{s.cluster_name} etcd CA"), "kube-apiserver", CLIENT_USES
     )
-    with real_etcd(files, s) as running:
+    with real_etcd(files, s, release=release) as running:
         yield running
 
 
@@ -69,7 +72,8 @@ def refused(result: subprocess.CompletedProcess[str], reason: str) -> None:
 
 
 def rejections(etcd: RealEtcd) -> list[str]:
-    return re.findall(r"rejected connection from .*", etcd.log())
+    # 3.4 logs "rejected connection from ..."; 3.5 logs JSON with "msg":"rejected connection".
+    return [line for line in etcd.log().splitlines() if "rejected connection" in line]
 
 
 # --- etcd as rendered
