@@ -32,9 +32,8 @@ from typing import Any
 
 import pulumi
 import yaml
-from pulumi.runtime.rpc import _special_sig_key as SECRET_SIG_KEY
 
-from components import bootstrap, offline, versions
+from components import bootstrap, offline, offline_tls, versions
 from components.bootstrap import Step
 from components.settings import PROJECT, ROOT, Settings
 
@@ -84,17 +83,6 @@ class Written:
 # --- reading the recorded run
 
 
-def unwrap(value: Any) -> Any:
-    """A recorded value without Pulumi's secret envelopes (mock inputs keep them)."""
-    if isinstance(value, dict):
-        if SECRET_SIG_KEY in value and "value" in value:
-            return unwrap(value["value"])
-        return {k: unwrap(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [unwrap(v) for v in value]
-    return value
-
-
 def decode_user_data(user_data_base64: str) -> tuple[str, int]:
     """(cloud-config text, gzip size in bytes) of an instance's `userDataBase64`."""
     packed = base64.b64decode(user_data_base64)
@@ -105,7 +93,7 @@ def recorded_hosts(run: offline.Run, settings: Settings) -> list[HostView]:
     """Every host in plan order (master, minion-0, ...), from its recorded Instance inputs."""
     views = []
     for plan in settings.hosts:
-        inputs = unwrap(run.mocks.named(f"{plan.name}-instance").inputs)
+        inputs = offline_tls.plain(run.mocks.named(f"{plan.name}-instance").inputs)
         text, packed = decode_user_data(inputs["userDataBase64"])
         role = inputs.get("tags", {}).get("Role", plan.role)
         views.append(HostView(plan.name, role, inputs["privateIp"], inputs["instanceType"], text, packed))
@@ -157,12 +145,12 @@ def secret_values(run: offline.Run) -> list[str]:
     """Every recorded secret: private keys, random bytes, the PKI bundles, secret stack outputs."""
     found: set[str] = set()
     for res in run.mocks.resources:
-        outputs = unwrap(res.outputs)
+        outputs = offline_tls.plain(res.outputs)
         found.update(str(outputs[k]) for k in PRIVATE_KEY_OUTPUTS if outputs.get(k))
         if res.typ == "random:index/randomBytes:RandomBytes":
             found.update(str(outputs[k]) for k in ("base64", "hex") if outputs.get(k))
         if res.typ == COMMAND and res.inputs.get("stdin"):
-            found.add(str(unwrap(res.inputs["stdin"])))
+            found.add(str(offline_tls.plain(res.inputs["stdin"])))
     found.update(str(run.outputs[name]) for name in run.secret_outputs if run.outputs.get(name))
     return sorted(v.strip() for v in found if v.strip())
 
@@ -340,7 +328,7 @@ def section_firewall(run: offline.Run) -> str:
     groups = {f"{r.name}-id": r.name for r in run.mocks.of_type(SECURITY_GROUP)}  # OfflineMocks ids: "<name>-id"
     rows: list[list[str]] = []
     for direction, typ in (("in", INGRESS), ("out", EGRESS)):
-        mine = [firewall_row(direction, unwrap(r.inputs), groups) for r in run.mocks.of_type(typ)]
+        mine = [firewall_row(direction, offline_tls.plain(r.inputs), groups) for r in run.mocks.of_type(typ)]
         # Registration order is asynchronous: sort (group, protocol, port, peer) for a stable table.
         rows += sorted(mine, key=_firewall_order)
     header = ["group", "direction", "protocol", "ports", "source / destination", "description"]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from components import offline, preview, program
+from components import offline, offline_tls, preview, program
 from tests.conftest import ROOT
 
 GOLDEN = ROOT / "tests" / "golden" / "preview-dev"
@@ -108,8 +108,8 @@ def test_writes_no_secret_and_the_scan_catches_one(tmp_path: Path) -> None:
     preview.write_preview(run, settings, out)
     secrets = preview.secret_values(run)
     # The scan looks for every kind of secret the run holds.
-    keys = [str(preview.unwrap(r.outputs)[k]) for r in run.mocks.of_type("tls:index/privateKey:PrivateKey") for k in ("privateKeyPem",)]
-    bundles = [str(preview.unwrap(r.inputs["stdin"])) for r in run.mocks.of_type(preview.COMMAND) if "stdin" in r.inputs]
+    keys = [str(offline_tls.plain(r.outputs)[k]) for r in run.mocks.of_type("tls:index/privateKey:PrivateKey") for k in ("privateKeyPem",)]
+    bundles = [str(offline_tls.plain(r.inputs["stdin"])) for r in run.mocks.of_type(preview.COMMAND) if "stdin" in r.inputs]
     assert len(keys) == 17 and len(bundles) == 4
     for value in [*keys, *bundles, run.outputs["sshPrivateKey"].strip(), run.outputs["kubeconfig"].strip()]:
         assert value.strip() in secrets

@@ -6,7 +6,7 @@ import base64
 import gzip
 import ipaddress
 
-from components import offline
+from components import offline, offline_tls
 from components.settings import ROOT
 
 INSTANCE = "aws:ec2/instance:Instance"
@@ -184,13 +184,10 @@ def test_no_private_key_in_any_plain_command_input(stack: offline.Run) -> None:
         assert secret and connection["user"] == "ubuntu" and "PRIVATE KEY" in connection["privateKey"]
 
 
-SECRET_SIG = "4dabf18193072939515e22adb298388d"  # Pulumi's marker for a secret value in resolved inputs
-
-
 def unwrap(value: object) -> tuple[object, bool]:
-    if isinstance(value, dict) and SECRET_SIG in value:
-        return value["value"], True
-    return value, False
+    """(value without Pulumi's secret envelope, whether it was secret)."""
+    plain = offline_tls.plain(value)
+    return plain, plain != value
 
 
 def test_pki_bundles_only_go_to_pki_steps(stack: offline.Run) -> None:
