@@ -3,7 +3,7 @@
 `sandbox()` yields a `Sandbox`; each `Sandbox.run(script)` starts a fresh
 `unshare --mount --propagation private --net` (loopback up, nothing else) and, inside it:
 
-- mounts an overlay over /etc, /var, /usr/local and /run (upper and work directories under the
+- mounts an overlay over /etc, /var, /usr/local, /run and /opt (upper and work directories under the
   sandbox's temp root), so anything a script writes there lands in the sandbox, never on the
   host; /etc/hosts in particular can be replaced the way `install` does it (unlink + create);
 - bind-mounts fresh temp directories over the paths the steps write (`BIND_DIRS`) so tests can
@@ -45,7 +45,7 @@ from pathlib import Path
 
 import pytest
 
-OVERLAY_ROOTS = ("/etc", "/var", "/usr/local", "/run")
+OVERLAY_ROOTS = ("/etc", "/var", "/usr/local", "/run", "/opt")
 """Catch-all: every write under these goes to the sandbox's overlay upper directory."""
 
 BIND_DIRS = (

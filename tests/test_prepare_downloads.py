@@ -1,0 +1,136 @@
+"""The host preparation's downloads, for real: curl against a local HTTP server, sha256sum, tar.
+
+The rendered `prepare.sh.j2` runs in the step sandbox (tests/step_sandbox.py) with real curl,
+its download list pointing at an HTTP server on the sandbox's own loopback. It proves: a file
+whose hash matches is installed; a mismatch stops the preparation with a message that names the
+URL and both hashes, installs nothing and leaves no marker; upstream `.sha256` files work; a
+second run downloads nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from components import render
+from components.render import MARKER
+from components.versions import Download
+from tests.conftest import dev_settings
+from tests.step_sandbox import Sandbox, require_sandbox, sandbox
+
+PORT = 8931
+BASE = f"http://127.0.0.1:{PORT}"
+SERVE_DIR = "/var/lib/kube-ec2-test-downloads"
+TOOL = b"#!/bin/sh\necho fake tool\n"
+
+
+def _tgz(members: dict[str, bytes]) -> bytes:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o755
+            tar.addfile(info, io.BytesIO(data))
+    return raw.getvalue()
+
+
+ARCHIVE = _tgz({"release-1/daemon": b"#!/bin/sh\necho daemon\n", "release-1/ctl": b"#!/bin/sh\necho ctl\n"})
+UPSTREAM = b"#!/bin/sh\necho checked upstream\n"
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def downloads(tool_sha: str) -> list[Download]:
+    return [
+        Download("tool", "1", f"{BASE}/tool", tool_sha, (("", "/usr/local/bin/faketool"),)),
+        Download(
+            "archive", "1", f"{BASE}/release-1.tar.gz", sha(ARCHIVE),
+            (("release-1/daemon", "/usr/local/bin/fakedaemon"), ("release-1/ctl", "/opt/cni/bin/fakectl")),
+        ),
+        Download("upstream", "1", f"{BASE}/upstream-tool", None, (("", "/usr/local/bin/upstreamtool"),)),
+    ]
+
+
+def prepare_script(tool_sha: str) -> str:
+    s = dev_settings()
+    ctx = {**render.context(s, s.minions[0]), "downloads": downloads(tool_sha)}
+    return render.render("prepare.sh.j2", ctx)
+
+
+def with_server(script: str) -> str:
+    """Serve SERVE_DIR on the sandbox's loopback while the preparation runs, logging each request."""
+    return f"""#!/bin/bash
+set -euo pipefail
+python3 -m http.server {PORT} --bind 127.0.0.1 --directory {SERVE_DIR} 2>>{SERVE_DIR}.log &
+server=$!
+trap 'kill $server' EXIT
+for _ in $(seq 50); do /usr/bin/curl -fs -o /dev/null {BASE}/tool && break; sleep 0.1; done
+: >{SERVE_DIR}.log
+bash /var/lib/kube-ec2-test-prepare.sh
+"""
+
+
+@pytest.fixture
+def box() -> Iterator[Sandbox]:
+    require_sandbox()
+    with sandbox() as b:
+        b.write("/usr/local/bin/curl", '#!/bin/sh\nexec /usr/bin/curl "$@"\n', 0o755)  # the real curl
+        b.write("/etc/fstab", "LABEL=root / ext4 defaults 0 1\n")
+        b.write(f"{SERVE_DIR}/tool", TOOL)
+        b.write(f"{SERVE_DIR}/release-1.tar.gz", ARCHIVE)
+        b.write(f"{SERVE_DIR}/upstream-tool", UPSTREAM)
+        b.write(f"{SERVE_DIR}/upstream-tool.sha256", f"{sha(UPSTREAM)}  upstream-tool\n")
+        yield b
+
+
+def run(box: Sandbox, tool_sha: str):  # type: ignore[no-untyped-def]
+    box.write("/var/lib/kube-ec2-test-prepare.sh", prepare_script(tool_sha), 0o755)
+    return box.run(with_server(""), timeout=60)
+
+
+def requests(box: Sandbox) -> list[str]:
+    log = Path(box.path(f"{SERVE_DIR}.log"))
+    return [line for line in log.read_text().splitlines() if "GET /" in line] if log.exists() else []
+
+
+def test_verified_downloads_are_installed_and_marked(box: Sandbox) -> None:
+    result = run(box, sha(TOOL))
+    assert result.returncode == 0, result.explain()
+    assert box.path("/usr/local/bin/faketool").read_bytes() == TOOL
+    assert box.read("/usr/local/bin/fakedaemon") == "#!/bin/sh\necho daemon\n"
+    assert box.read("/opt/cni/bin/fakectl") == "#!/bin/sh\necho ctl\n"
+    assert box.path("/usr/local/bin/upstreamtool").read_bytes() == UPSTREAM
+    for path in ("/usr/local/bin/faketool", "/usr/local/bin/fakedaemon", "/opt/cni/bin/fakectl"):
+        assert box.mode(path) == 0o755, path
+    assert box.exists(MARKER)
+    assert "prepared" in box.read("/var/log/kube-ec2-prepare.log")
+    assert len(requests(box)) == 4  # tool, archive, upstream .sha256, upstream file
+
+    again = run(box, sha(TOOL))
+    assert again.returncode == 0, again.explain()
+    assert [r for r in requests(box) if ".sha256" not in r] == [], "a verified cached download was fetched again"
+
+
+def test_hash_mismatch_stops_with_a_clear_message(box: Sandbox) -> None:
+    wrong = "0" * 64
+    result = run(box, wrong)
+    assert result.returncode != 0
+    assert f"SHA-256 MISMATCH for {BASE}/tool: expected {wrong}, got {sha(TOOL)}" in result.output
+    assert not box.exists("/usr/local/bin/faketool")
+    assert not box.exists(MARKER), "a failed preparation must not leave the marker the steps wait for"
+    assert not any(p.name.endswith(".part") for p in box.path("/var/cache/kube-ec2").iterdir())
+
+
+def test_tampered_upstream_checksum_is_caught(box: Sandbox) -> None:
+    box.write(f"{SERVE_DIR}/upstream-tool.sha256", f"{'1' * 64}  upstream-tool\n")
+    result = run(box, sha(TOOL))
+    assert result.returncode != 0
+    assert f"SHA-256 MISMATCH for {BASE}/upstream-tool" in result.output
+    assert not box.exists("/usr/local/bin/upstreamtool")
