@@ -97,7 +97,7 @@ def test_region_is_required() -> None:
         offline.run("dev", {"kube-ec2:minionCount": "3"})
 
 
-@pytest.mark.parametrize(("raw", "key", "allowed"), BAD_VALUES[::3], ids=[k for _, k, _ in BAD_VALUES[::3]])
+@pytest.mark.parametrize(("raw", "key", "allowed"), BAD_VALUES, ids=[f"{k}={next(iter(r.values()))}" for r, k, _ in BAD_VALUES])
 def test_bad_value_creates_nothing(raw: dict[str, str], key: str, allowed: str) -> None:
     """Through the whole program: `pulumi up` stops with the message and no resource exists."""
     config = {**offline.stack_config("dev"), **{f"kube-ec2:{k}": v for k, v in raw.items()}}
@@ -105,3 +105,40 @@ def test_bad_value_creates_nothing(raw: dict[str, str], key: str, allowed: str) 
     with pytest.raises(pulumi.RunError, match=f"kube-ec2:{key}:"):
         offline.run("dev", config, mocks)
     assert mocks.resources == []
+
+
+def test_unset_admin_cidrs_use_the_deployers_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    from components import program
+
+    class Answer:
+        def __enter__(self) -> Answer:
+            return self
+
+        def __exit__(self, *args: object) -> None:
+            return None
+
+        def read(self) -> bytes:
+            return b"203.0.113.77\n"
+
+    monkeypatch.delenv(program.OFFLINE_ENV, raising=False)
+    monkeypatch.setattr(program.urllib.request, "urlopen", lambda url, timeout: Answer())
+    assert program.detect_admin_cidr() == "203.0.113.77/32"
+
+
+def test_failed_address_lookup_is_a_config_error_not_a_guess(monkeypatch: pytest.MonkeyPatch) -> None:
+    from components import program
+
+    def offline(url: str, timeout: float) -> None:
+        raise OSError("network is unreachable")
+
+    monkeypatch.delenv(program.OFFLINE_ENV, raising=False)
+    monkeypatch.setattr(program.urllib.request, "urlopen", offline)
+    with pytest.raises(ConfigError, match=r"kube-ec2:adminCidrs: unset, and looking up .* failed \(network is unreachable\)"):
+        program.detect_admin_cidr()
+
+
+def test_offline_runs_use_the_documented_placeholder(monkeypatch: pytest.MonkeyPatch) -> None:
+    from components import program
+
+    monkeypatch.setenv(program.OFFLINE_ENV, "1")
+    assert program.detect_admin_cidr() == "192.0.2.1/32"
