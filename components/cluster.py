@@ -87,6 +87,7 @@ class Cluster(pulumi.ComponentResource):
 
         pki = Pki("pki", settings, master_public_ip=self.master.public_ip, opts=child)
         self.steps = bootstrap.plan(settings)
+        fingerprints = {name: pki.fingerprint(plan) for name, plan in plans.items()}
         self.commands = {}
         for step in self.steps:
             on = hosts[step.host]
@@ -109,7 +110,7 @@ class Cluster(pulumi.ComponentResource):
                 stdin=pki.bundle(plan) if step.wants_pki else None,
                 # Re-run when the host is replaced or its certificates are renewed; a drain hook must
                 # never be replaced (replacement would drain a live node), so it has no triggers.
-                triggers=None if step.delete_script else [on.instance.id, pki.fingerprint(plan)],
+                triggers=None if step.delete_script else [on.instance.id, fingerprints[step.host]],
                 add_previous_output_in_env=False,
                 opts=pulumi.ResourceOptions(parent=self, depends_on=depends),
             )
