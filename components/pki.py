@@ -150,7 +150,7 @@ class Pki(pulumi.ComponentResource):
 
         sa_key = tls.PrivateKey(f"{name}-service-account-key", algorithm=KEY_ALGORITHM, ecdsa_curve=KEY_CURVE, opts=child)
         self._sa_private, self._sa_public = sa_key.private_key_pem, sa_key.public_key_pem
-        # 32 random bytes for aescbc; pulumi-random stores the value as a secret.
+        # 32 random bytes for the secretbox provider; pulumi-random stores the value as a secret.
         self._encryption_key = random.RandomBytes(f"{name}-secrets-encryption-key", length=32, opts=child).base64
         self.register_outputs({})
 

@@ -327,7 +327,7 @@ def test_apiserver_step_writes_the_encryption_config_0600_with_the_key_and_never
     st = box.path(config).stat()
     assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o600, 0, 0)
     parsed = yaml.safe_load(box.read(config))
-    assert parsed["resources"][0]["providers"][0]["aescbc"]["keys"][0]["secret"] == key
+    assert parsed["resources"][0]["providers"][0]["secretbox"]["keys"][0]["secret"] == key
     assert "__ENCRYPTION_KEY__" not in box.read(config).split("apiVersion:", 1)[1]
     for path in ("/etc/kubernetes/encryption-config.yaml.tmpl", "/etc/kubernetes/admin.kubeconfig"):
         assert box.mode(path) == 0o600, path

@@ -140,14 +140,15 @@ rules:
   - level: Metadata
 KUBE_EC2_EOF
 put_file /etc/kubernetes/encryption-config.yaml.tmpl 0600 <<'KUBE_EC2_EOF'
-# Secrets at rest: AES-CBC with a 32-byte key. The placeholder below is replaced on the host by the
+# Secrets at rest: secretbox (XSalsa20-Poly1305; Kubernetes advises against aescbc), 32-byte key.
+# The placeholder below is replaced on the host by the
 # master-kube-apiserver step with the key master-pki delivered over SSH; the result is /etc/kubernetes/pki/encryption-config.yaml (0600).
 apiVersion: apiserver.config.k8s.io/v1
 kind: EncryptionConfiguration
 resources:
   - resources: ["secrets"]
     providers:
-      - aescbc:
+      - secretbox:
           keys:
             - name: key1
               secret: __ENCRYPTION_KEY__
