@@ -37,11 +37,6 @@ class Recorded:
 @dataclass
 class OfflineMocks(pulumi.runtime.Mocks):
     resources: list[Recorded] = field(default_factory=list)
-    _public_ips: int = 0
-
-    def _next_public_ip(self) -> str:
-        self._public_ips += 1
-        return f"198.51.100.{self._public_ips}"
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         outputs: dict[str, Any] = dict(args.inputs)
@@ -52,9 +47,12 @@ class OfflineMocks(pulumi.runtime.Mocks):
             data = os.urandom(int(args.inputs.get("length", 32)))
             outputs.update({"base64": base64.b64encode(data).decode(), "hex": data.hex()})
         elif typ == "aws:ec2/instance:Instance":
-            outputs.update({"publicIp": self._next_public_ip(), "arn": f"arn:aws:ec2:::instance/{args.name}"})
+            # Public addresses follow from the private ones, not from registration order (which
+            # asyncio may vary), so every run, and the preview's golden files, see the same values.
+            last_octet = str(args.inputs["privateIp"]).rsplit(".", 1)[1]
+            outputs.update({"publicIp": f"198.51.100.{last_octet}", "arn": f"arn:aws:ec2:::instance/{args.name}"})
         elif typ == "aws:ec2/eip:Eip":
-            outputs.update({"publicIp": self._next_public_ip()})
+            outputs.update({"publicIp": "203.0.113.10"})  # the master's Elastic IP (there is one)
         elif typ == "aws:ec2/keyPair:KeyPair":
             outputs.update({"keyName": f"{args.name}-key"})
         elif typ == "command:remote:Command":

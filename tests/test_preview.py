@@ -1,8 +1,9 @@
 """The offline preview (components/preview.py): golden output, config errors, no secrets, every stack.
 
 The CLI runs in a subprocess (`python -m components.preview`), so each run has its own Pulumi
-runtime. Golden files of the dev stack live in tests/golden/preview-dev/: SUMMARY.md and, per host,
-user-data.yaml and steps/*.sh (the files with no certificate material). After an intended change,
+runtime. Golden files of the dev stack live in tests/golden/preview-dev/: SUMMARY.md and, for the
+master and minion-0 (the other minions differ only by name and address), user-data.yaml and
+steps/*.sh (the files with no certificate material). After an intended change,
 regenerate them and review the diff:
 
     UPDATE_GOLDEN=1 python -m pytest tests/test_preview.py
@@ -25,6 +26,7 @@ from tests.conftest import ROOT
 
 GOLDEN = ROOT / "tests" / "golden" / "preview-dev"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
+GOLDEN_HOSTS = ("master", "minion-0")
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -43,8 +45,10 @@ def dev_preview(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def golden_texts(root: Path) -> dict[str, str]:
-    """The compared files: SUMMARY.md, <host>/user-data.yaml and <host>/steps/*.sh."""
-    paths = [root / "SUMMARY.md", *root.glob("*/user-data.yaml"), *root.glob("*/steps/*.sh")]
+    """The compared files: SUMMARY.md, <host>/user-data.yaml and <host>/steps/*.sh of GOLDEN_HOSTS."""
+    paths = [root / "SUMMARY.md"]
+    for host in GOLDEN_HOSTS:
+        paths += [root / host / "user-data.yaml", *(root / host).glob("steps/*.sh")]
     return {p.relative_to(root).as_posix(): normalise(p.read_text()) for p in sorted(paths)}
 
 
