@@ -397,7 +397,7 @@ def test_wait_until_is_bounded_in_real_time_and_failure_prints_journals(box: San
     assert_failed_with_journals(result, list(units))
     assert "thing: not ready after 3s" in result.stderr
     assert "after" not in result.stdout, "the script went on after a failed wait"
-    assert 1.9 <= result.elapsed <= 7, result.elapsed  # bash's SECONDS ticks in whole wall-clock seconds
+    assert 1.9 <= result.elapsed <= 12, result.elapsed  # bash's SECONDS ticks in whole wall-clock seconds
     assert len(result.called("curl")) >= 2, "never retried"
 
 
@@ -406,7 +406,7 @@ def test_wait_until_succeeds_once_the_command_does(box: Sandbox) -> None:
     result = box.run(lib_script(("a.service",), body))
     assert result.returncode == 0, result.explain()
     assert "thing: ok" in result.stderr
-    assert 1.5 <= result.elapsed <= 6, result.elapsed
+    assert 1.5 <= result.elapsed <= 10, result.elapsed
     assert JOURNAL_MARKER not in result.output
 
 
