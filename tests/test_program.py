@@ -202,3 +202,37 @@ def test_pki_bundles_only_go_to_pki_steps(stack: offline.Run) -> None:
 
 def test_stack_files_exist() -> None:
     assert (ROOT / "Pulumi.dev.yaml").exists() and (ROOT / "Pulumi.prod.yaml").exists()
+
+
+def test_scaling_adds_and_removes_exactly_one_minions_resources() -> None:
+    def names(count: str) -> set[str]:
+        run = offline.run("dev", {**offline.stack_config("dev"), "kube-ec2:minionCount": count})
+        return {r.name for r in run.mocks.resources}
+
+    three, four = names("3"), names("4")
+    added = four - three
+    assert three - four == set()
+    steps = {f"minion-3-{s}" for s in ("cloud-init", "pki", "flanneld", "docker", "kubelet", "ready", "drain")}
+    pki = {f"pki-kubelet-minion-3{suffix}" for suffix in ("", "-key", "-csr")}
+    assert added == {"minion-3", "minion-3-instance", *steps, *pki}
+
+
+def test_hosts_ignore_user_data_and_looked_up_ami_changes(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """User data only runs at first boot (the steps carry later changes); a newer Canonical AMI must
+    not replace running hosts, but an amiId the user sets does."""
+    import components.host as host_module
+
+    seen: dict[str, list[str]] = {}
+    real = host_module.aws.ec2.Instance
+
+    class Recording(real):  # type: ignore[misc, valid-type]
+        def __init__(self, name, *args, opts=None, **kwargs):  # type: ignore[no-untyped-def]
+            seen[name] = list(opts.ignore_changes or [])
+            super().__init__(name, *args, opts=opts, **kwargs)
+
+    monkeypatch.setattr(host_module.aws.ec2, "Instance", Recording)
+    offline.run("dev")
+    assert seen and all(v == ["userData", "userDataBase64", "ami"] for v in seen.values()), seen
+    seen.clear()
+    offline.run("dev", {**offline.stack_config("dev"), "kube-ec2:amiId": "ami-0abcdef1234567890"})
+    assert seen and all(v == ["userData", "userDataBase64"] for v in seen.values()), seen
