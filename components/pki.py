@@ -1,4 +1,7 @@
-"""PKI with pulumi-tls: two CAs, every certificate, the service-account key and the Secrets key.
+"""PKI with pulumi-tls: three CAs, every certificate, the service-account key and the Secrets key.
+
+The cluster CA signs component and node identities, the etcd CA etcd's, and the front-proxy CA
+only the apiserver's identity towards aggregated APIs (metrics-server and the like), as kubeadm does.
 
 Private keys are Pulumi secrets; each host receives only the files it needs, as one secret
 bundle over SSH (remote step `<host>-pki`). The CA private keys never leave Pulumi's state.
@@ -37,7 +40,7 @@ class CertSpec:
 
     file: str
     ca: str
-    """`cluster` or `etcd`."""
+    """`cluster`, `etcd` or `front-proxy`."""
     cn: str
     org: str | None
     uses: tuple[str, ...]
@@ -72,6 +75,7 @@ def cert_specs(settings: Settings) -> list[CertSpec]:
         CertSpec("controller-manager", "cluster", "system:kube-controller-manager", None, CLIENT, (m.name,)),
         CertSpec("scheduler", "cluster", "system:kube-scheduler", None, CLIENT, (m.name,)),
         CertSpec("admin", "cluster", "admin", "system:masters", CLIENT, (m.name,)),
+        CertSpec("front-proxy-client", "front-proxy", "front-proxy-client", None, CLIENT, (m.name,)),
         CertSpec("kube-proxy", "cluster", "system:kube-proxy", "system:node-proxier", CLIENT, minions),
     ]
     for h in settings.minions:
@@ -109,7 +113,12 @@ class Pki(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         self.ca_cert: dict[str, pulumi.Output[str]] = {}
         self._ca_key: dict[str, pulumi.Output[str]] = {}
-        for ca, cn in (("cluster", f"{settings.cluster_name} CA"), ("etcd", f"{settings.cluster_name} etcd CA")):
+        cas = (
+            ("cluster", f"{settings.cluster_name} CA"),
+            ("etcd", f"{settings.cluster_name} etcd CA"),
+            ("front-proxy", f"{settings.cluster_name} front-proxy CA"),
+        )
+        for ca, cn in cas:
             key = tls.PrivateKey(f"{name}-{ca}-ca-key", algorithm=KEY_ALGORITHM, ecdsa_curve=KEY_CURVE, opts=child)
             cert = tls.SelfSignedCert(
                 f"{name}-{ca}-ca",
@@ -164,6 +173,7 @@ class Pki(pulumi.ComponentResource):
                 public[f"{base}.crt"] = self.cert[spec.file]
                 secret[f"{base}.key"] = self.key[spec.file]
         if host.role == "master":
+            public["front-proxy-ca.crt"] = self.ca_cert["front-proxy"]
             secret["service-account.key"] = self._sa_private
             public["service-account.pub"] = self._sa_public
             secret["encryption.key"] = self._encryption_key

@@ -76,6 +76,7 @@ DAEMONS: dict[str, Daemon] = {
             "ca.crt", "etcd-ca.crt", "apiserver.crt", "apiserver.key", "apiserver-etcd-client.crt",
             "apiserver-etcd-client.key", "apiserver-kubelet-client.crt", "apiserver-kubelet-client.key",
             "service-account.key", "service-account.pub", "encryption-config.yaml",
+            "front-proxy-ca.crt", "front-proxy-client.crt", "front-proxy-client.key",
         ),
         binaries=("/usr/local/bin/kube-apiserver",),
     ),

@@ -47,7 +47,7 @@ def bundle(run: offline.Run, host: str) -> dict[str, str]:
 def test_every_spec_is_issued_by_its_ca_with_its_subject_sans_and_usages(dev: offline.Run, tmp_path: Path) -> None:
     openssl = require_tool("openssl")
     issued = certs(dev)
-    cas = {"cluster": issued["cluster-ca"], "etcd": issued["etcd-ca"]}
+    cas = {name: issued[f"{name}-ca"] for name in ("cluster", "etcd", "front-proxy")}
     eip = dev.outputs["masterPublicIp"]
     for ca_name, ca in cas.items():
         (tmp_path / f"{ca_name}.pem").write_text(pem(ca))
@@ -107,10 +107,10 @@ def test_validity_and_early_renewal_come_from_config() -> None:
 def test_each_host_gets_only_its_files_and_keys_match(dev: offline.Run) -> None:
     master = bundle(dev, "master")
     assert set(master) == {
-        "ca.crt", "etcd-ca.crt", "service-account.key", "service-account.pub", "encryption.key",
+        "ca.crt", "etcd-ca.crt", "front-proxy-ca.crt", "service-account.key", "service-account.pub", "encryption.key",
         *(f"{base}.{ext}" for base in (
             "etcd-server", "etcd-peer", "apiserver-etcd-client", "flannel-etcd", "apiserver", "apiserver-kubelet-client",
-            "controller-manager", "scheduler", "admin",
+            "controller-manager", "scheduler", "admin", "front-proxy-client",
         ) for ext in ("crt", "key")),
     }
     assert len(base64.b64decode(master["encryption.key"])) == 32

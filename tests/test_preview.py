@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from components import offline, offline_tls, preview, program
+from components import offline, offline_tls, preview
 from tests.conftest import ROOT
 
 GOLDEN = ROOT / "tests" / "golden" / "preview-dev"
@@ -107,14 +107,14 @@ def test_refuses_to_wipe_a_folder_it_did_not_write(tmp_path: Path) -> None:
 
 def test_writes_no_secret_and_the_scan_catches_one(tmp_path: Path) -> None:
     run = offline.run("dev")
-    settings = program.read_settings()  # the configuration the run just used
+    settings = run.cluster.settings
     out = tmp_path / "dev"
     preview.write_preview(run, settings, out)
     secrets = preview.secret_values(run)
     # The scan looks for every kind of secret the run holds.
     keys = [str(offline_tls.plain(r.outputs)[k]) for r in run.mocks.of_type("tls:index/privateKey:PrivateKey") for k in ("privateKeyPem",)]
     bundles = [str(offline_tls.plain(r.inputs["stdin"])) for r in run.mocks.of_type(preview.COMMAND) if "stdin" in r.inputs]
-    assert len(keys) == 17 and len(bundles) == 4
+    assert len(keys) == 3 + 11 + 3 + 2 and len(bundles) == 4  # CAs, leaves, kubelets, SA + SSH keys
     for value in [*keys, *bundles, run.outputs["sshPrivateKey"].strip(), run.outputs["kubeconfig"].strip()]:
         assert value.strip() in secrets
     # Checked here independently of the preview's own scan.

@@ -33,8 +33,8 @@ def test_resource_counts(stack: offline.Run) -> None:
         "aws:ec2/eip:Eip": 1,
         # master: 9 steps; per minion: cloud-init, pki, flanneld, docker, kubelet, ready, drain; then coredns, smoke test.
         COMMAND: 9 + 7 * minions + 2,
-        "tls:index/selfSignedCert:SelfSignedCert": 2,
-        "tls:index/locallySignedCert:LocallySignedCert": 10 + minions,
+        "tls:index/selfSignedCert:SelfSignedCert": 3,
+        "tls:index/locallySignedCert:LocallySignedCert": 11 + minions,
     }
     for typ, expected in counts.items():
         assert len(stack.mocks.of_type(typ)) == expected, typ

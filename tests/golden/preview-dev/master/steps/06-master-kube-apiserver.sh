@@ -94,6 +94,7 @@ ExecStart=/usr/local/bin/kube-apiserver \
   --bind-address=0.0.0.0 \
   --client-ca-file=/etc/kubernetes/pki/ca.crt \
   --enable-admission-plugins=NodeRestriction \
+  --enable-aggregator-routing=true \
   --encryption-provider-config=/etc/kubernetes/pki/encryption-config.yaml \
   --etcd-cafile=/etc/kubernetes/pki/etcd-ca.crt \
   --etcd-certfile=/etc/kubernetes/pki/apiserver-etcd-client.crt \
@@ -104,6 +105,13 @@ ExecStart=/usr/local/bin/kube-apiserver \
   --kubelet-client-key=/etc/kubernetes/pki/apiserver-kubelet-client.key \
   --kubelet-preferred-address-types=InternalIP,Hostname \
   --profiling=false \
+  --proxy-client-cert-file=/etc/kubernetes/pki/front-proxy-client.crt \
+  --proxy-client-key-file=/etc/kubernetes/pki/front-proxy-client.key \
+  --requestheader-allowed-names=front-proxy-client \
+  --requestheader-client-ca-file=/etc/kubernetes/pki/front-proxy-ca.crt \
+  --requestheader-extra-headers-prefix=X-Remote-Extra- \
+  --requestheader-group-headers=X-Remote-Group \
+  --requestheader-username-headers=X-Remote-User \
   --secure-port=6443 \
   --service-account-issuer=https://kubernetes.default.svc.cluster.local \
   --service-account-key-file=/etc/kubernetes/pki/service-account.pub \
@@ -180,5 +188,5 @@ awk -v keyfile=/etc/kubernetes/pki/encryption.key 'BEGIN { getline key < keyfile
   /etc/kubernetes/encryption-config.yaml.tmpl | put_file /etc/kubernetes/pki/encryption-config.yaml 0600
 install -d -m 0700 /var/log/kubernetes
 
-ensure_started kube-apiserver.service /etc/systemd/system/kube-apiserver.service /etc/kubernetes/audit-policy.yaml /etc/kubernetes/encryption-config.yaml.tmpl /etc/kubernetes/pki/ca.crt /etc/kubernetes/pki/etcd-ca.crt /etc/kubernetes/pki/apiserver.crt /etc/kubernetes/pki/apiserver.key /etc/kubernetes/pki/apiserver-etcd-client.crt /etc/kubernetes/pki/apiserver-etcd-client.key /etc/kubernetes/pki/apiserver-kubelet-client.crt /etc/kubernetes/pki/apiserver-kubelet-client.key /etc/kubernetes/pki/service-account.key /etc/kubernetes/pki/service-account.pub /etc/kubernetes/pki/encryption-config.yaml /usr/local/bin/kube-apiserver
+ensure_started kube-apiserver.service /etc/systemd/system/kube-apiserver.service /etc/kubernetes/audit-policy.yaml /etc/kubernetes/encryption-config.yaml.tmpl /etc/kubernetes/pki/ca.crt /etc/kubernetes/pki/etcd-ca.crt /etc/kubernetes/pki/apiserver.crt /etc/kubernetes/pki/apiserver.key /etc/kubernetes/pki/apiserver-etcd-client.crt /etc/kubernetes/pki/apiserver-etcd-client.key /etc/kubernetes/pki/apiserver-kubelet-client.crt /etc/kubernetes/pki/apiserver-kubelet-client.key /etc/kubernetes/pki/service-account.key /etc/kubernetes/pki/service-account.pub /etc/kubernetes/pki/encryption-config.yaml /etc/kubernetes/pki/front-proxy-ca.crt /etc/kubernetes/pki/front-proxy-client.crt /etc/kubernetes/pki/front-proxy-client.key /usr/local/bin/kube-apiserver
 wait_until 180 "kube-apiserver readyz" curl -fsS --max-time 5 --cacert /etc/kubernetes/pki/ca.crt --cert /etc/kubernetes/pki/admin.crt --key /etc/kubernetes/pki/admin.key https://127.0.0.1:6443/readyz
