@@ -84,31 +84,34 @@ def _daemon_step(
     return Step(step, host.name, after, script)
 
 
+def _first_steps(settings: Settings, host: HostPlan) -> list[Step]:
+    """Every host starts the same way: wait for cloud-init (and sync what changed), then its keys."""
+    n = host.name
+    wait = _script(
+        "steps/wait-cloud-init.sh.j2", settings, host, f"{n}-cloud-init", ("cloud-final.service",),
+        hosts_file=render.hosts_file(settings), prepare=render.prepare_script(settings, host),
+    )
+    keys = _script("steps/pki.sh.j2", settings, host, f"{n}-pki", ())
+    return [Step(f"{n}-cloud-init", n, (), wait), Step(f"{n}-pki", n, (f"{n}-cloud-init",), keys, wants_pki=True)]
+
+
 def plan(settings: Settings) -> tuple[Step, ...]:
     """Every remote step of the stack, in an order that respects every dependency."""
     m = settings.master
     steps: list[Step] = [
-        Step(
-            "master-cloud-init",
-            m.name,
-            (),
-            _script("steps/wait-cloud-init.sh.j2", settings, m, "master-cloud-init", ("cloud-final.service",),
-                    hosts_file=render.hosts_file(settings), prepare=render.prepare_script(settings, m)),
-        ),
-        Step("master-pki", m.name, ("master-cloud-init",),
-             _script("steps/pki.sh.j2", settings, m, "master-pki", ()), wants_pki=True),
+        *_first_steps(settings, m),
         _daemon_step(settings, m, "master-etcd", "steps/etcd.sh.j2", ("etcd",), ("master-pki",)),
         Step(
             "master-flannel-network",
             m.name,
             ("master-etcd",),
             _script("steps/flannel-network.sh.j2", settings, m, "master-flannel-network", ("etcd.service",),
-                    flannel_net_conf=render.render("configs/flannel-net-conf.json.j2", render.context(settings, m))),
+                    flannel_net_conf=render.render_file(render.FLANNEL_NET_CONF, render.context(settings, m))),
         ),
         _daemon_step(settings, m, "master-flanneld", "steps/flanneld.sh.j2", ("flanneld",), ("master-flannel-network",)),
         _daemon_step(
             settings, m, "master-kube-apiserver", "steps/kube-apiserver.sh.j2", ("kube-apiserver",), ("master-flanneld",),
-            extra_files=(render.MASTER_EXTRA_FILES[0],),
+            extra_files=(render.ADMIN_KUBECONFIG,),
         ),
         _daemon_step(
             settings, m, "master-kube-controller-manager", "steps/control-plane.sh.j2", ("kube-controller-manager",),
@@ -130,14 +133,7 @@ def plan(settings: Settings) -> tuple[Step, ...]:
     for h in settings.minions:
         n = h.name
         steps += [
-            Step(
-                f"{n}-cloud-init",
-                n,
-                (),
-                _script("steps/wait-cloud-init.sh.j2", settings, h, f"{n}-cloud-init", ("cloud-final.service",),
-                        hosts_file=render.hosts_file(settings), prepare=render.prepare_script(settings, h)),
-            ),
-            Step(f"{n}-pki", n, (f"{n}-cloud-init",), _script("steps/pki.sh.j2", settings, h, f"{n}-pki", ()), wants_pki=True),
+            *_first_steps(settings, h),
             _daemon_step(settings, h, f"{n}-flanneld", "steps/flanneld.sh.j2", ("flanneld",), (f"{n}-pki", "master-flannel-network")),
             _daemon_step(settings, h, f"{n}-docker", "steps/docker.sh.j2", ("docker",), (f"{n}-flanneld",)),
             _daemon_step(

@@ -134,12 +134,11 @@ ROLE_DAEMONS = {
     "master": ("etcd", "flanneld", "kube-apiserver", "kube-controller-manager", "kube-scheduler"),
     "minion": ("flanneld", "docker", "kubelet", "kube-proxy"),
 }
-# Files the master needs that belong to no daemon: kubectl's admin kubeconfig, flannel's network
-# config (written into etcd by the flannel-network step) and the CoreDNS manifest.
-MASTER_EXTRA_FILES = (
-    File("/etc/kubernetes/admin.kubeconfig", "configs/kubeconfig.j2", "0600"),
-    File("/etc/kube-ec2/flannel-net-conf.json", "configs/flannel-net-conf.json.j2"),
-)
+# Files the master needs that belong to no daemon: kubectl's admin kubeconfig (rewritten by the
+# kube-apiserver step) and flannel's network config (written into etcd by the flannel-network step).
+ADMIN_KUBECONFIG = File("/etc/kubernetes/admin.kubeconfig", "configs/kubeconfig.j2", "0600")
+FLANNEL_NET_CONF = File("/etc/kube-ec2/flannel-net-conf.json", "configs/flannel-net-conf.json.j2")
+MASTER_EXTRA_FILES = (ADMIN_KUBECONFIG, FLANNEL_NET_CONF)
 
 # Kubeconfig files: which identity (cert/key pair) each one uses and which server it talks to.
 KUBECONFIG_USERS = {

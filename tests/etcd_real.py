@@ -36,7 +36,8 @@ import pytest
 import yaml
 
 from components import offline_tls, render
-from components.settings import PLACEHOLDER_ADMIN_CIDR, Settings, parse_settings
+from components.settings import Settings
+from tests.conftest import dev_settings
 
 
 @dataclass(frozen=True)
@@ -72,9 +73,6 @@ BOTH_USES = ("digital_signature", "key_encipherment", "server_auth", "client_aut
 CLIENT_USES = ("digital_signature", "key_encipherment", "client_auth")
 
 
-def dev_settings() -> Settings:
-    """The dev stack's settings (master 10.240.0.10)."""
-    return parse_settings({}, stack="dev", region="us-east-1", detect_admin_cidr=lambda: PLACEHOLDER_ADMIN_CIDR)
 
 
 # --- certificates through the same inputs pulumi-tls hands the mocks

@@ -19,12 +19,12 @@ import pytest
 
 from components import bootstrap
 from components.render import FLANNEL_PREFIX
+from tests.conftest import dev_settings
 from tests.etcd_real import (
     CLIENT_USES,
     RELEASES,
     EtcdRelease,
     RealEtcd,
-    dev_settings,
     etcd_pki_files,
     issue_ca,
     issue_leaf,
