@@ -25,7 +25,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 # Offline preview of a stack: what `pulumi up` would build and run, written to preview/$(STACK)/.
 # Needs only Python: the validators are for the tests.
 preview: $(VENV)/.installed
-	$(PY) -m components.preview --stack $(STACK)
+	$(PY) -m components.offline.preview --stack $(STACK)
 
 # Every test: mocks, real validators, the real etcd, goldens; then ruff.
 test: setup

@@ -70,7 +70,8 @@ class Row:
 
 def measure(minions: int) -> dict[str, Any]:
     """Run the dev stack with `minions` minions once; what the parent needs, as JSON-able data."""
-    from components import bootstrap, offline, preview, program  # noqa: F401 (program: import outside the timer)
+    from components import bootstrap, offline, program  # noqa: F401 (program: import outside the timer)
+    from components.offline import preview
 
     config = offline.stack_config("dev")
     config["kube-ec2:minionCount"] = str(minions)

@@ -35,7 +35,8 @@ from typing import Any
 import pytest
 import yaml
 
-from components import offline_tls, render
+from components import render
+from components.offline import tls as offline_tls
 from components.settings import Settings
 from tests.conftest import dev_settings
 

@@ -1,4 +1,4 @@
-"""offline_tls: what the mocks hand the program is real key material that real tools accept."""
+"""components.offline.tls: what the mocks hand the program is real key material that real tools accept."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from components import offline_tls as tls
+from components.offline import tls
 from tests.conftest import require_tool
 
 CA_USES = ["cert_signing", "crl_signing", "digital_signature", "key_encipherment"]

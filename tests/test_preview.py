@@ -1,6 +1,6 @@
-"""The offline preview (components/preview.py): golden output, config errors, no secrets, every stack.
+"""The offline preview (components/offline/preview.py): golden output, config errors, no secrets, every stack.
 
-The CLI runs in a subprocess (`python -m components.preview`), so each run has its own Pulumi
+The CLI runs in a subprocess (`python -m components.offline.preview`), so each run has its own Pulumi
 runtime. Golden files of the dev stack live in tests/golden/preview-dev/: SUMMARY.md and, for the
 master and minion-0 (the other minions differ only by name and address), user-data.yaml and
 steps/*.sh (the files with no certificate material). After an intended change,
@@ -21,7 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from components import offline, offline_tls, preview
+from components import offline
+from components.offline import preview
+from components.offline import tls as offline_tls
 from tests.conftest import ROOT
 
 GOLDEN = ROOT / "tests" / "golden" / "preview-dev"
@@ -31,7 +33,7 @@ GOLDEN_HOSTS = ("master", "minion-0")
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "components.preview", *args], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-m", "components.offline.preview", *args], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
     )
 
 

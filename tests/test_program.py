@@ -6,7 +6,8 @@ import base64
 import gzip
 import ipaddress
 
-from components import offline, offline_tls
+from components import offline
+from components.offline import tls as offline_tls
 from components.settings import ROOT
 
 INSTANCE = "aws:ec2/instance:Instance"

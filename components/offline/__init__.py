@@ -1,7 +1,12 @@
-"""Run the real program without AWS or the Pulumi CLI: Pulumi mocks with `preview=False`.
+"""The offline engine: run the real program without AWS or the Pulumi CLI (Pulumi mocks, `preview=False`).
+
+The simulator lives in this package and the product never imports it (tests/test_layout.py):
+    components/offline/__init__.py   the mocks and `run()`, shared by the tests and the preview
+    components/offline/tls.py        pulumi-tls emulation: real keys and certificates
+    components/offline/preview.py    `python -m components.offline.preview`: the plan as plain files
 
 The tests and the offline preview both use `run()`. Every resource the program registers is
-recorded with its resolved inputs; pulumi-tls requests get real certificates (offline_tls), AWS
+recorded with its resolved inputs; pulumi-tls requests get real certificates (offline.tls), AWS
 resources get deterministic ids and documentation-range public addresses (RFC 5737).
 """
 
@@ -17,7 +22,7 @@ from typing import Any
 import pulumi
 import yaml
 
-from components import offline_tls
+from components.offline import tls as offline_tls
 from components.settings import ROOT
 
 PROJECT = "kube-ec2"
