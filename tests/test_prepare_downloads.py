@@ -4,7 +4,9 @@ The rendered `prepare.sh.j2` runs in the step sandbox (tests/step_sandbox.py) wi
 its download list pointing at an HTTP server on the sandbox's own loopback. It proves: a file
 whose hash matches is installed; a mismatch stops the preparation with a message that names the
 URL and both hashes, installs nothing and leaves no marker; upstream `.sha256` files work; a
-second run downloads nothing.
+second run downloads nothing; a poisoned cache is never installed (its file is checked like a
+download and fetched again); the cache is keyed by name and version, so a new version never
+reuses an old version's file.
 """
 
 from __future__ import annotations
@@ -47,9 +49,9 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def downloads(tool_sha: str) -> list[Download]:
+def downloads(tool_sha: str, tool_version: str = "1") -> list[Download]:
     return [
-        Download("tool", "1", f"{BASE}/tool", tool_sha, (("", "/usr/local/bin/faketool"),)),
+        Download("tool", tool_version, f"{BASE}/tool", tool_sha, (("", "/usr/local/bin/faketool"),)),
         Download(
             "archive", "1", f"{BASE}/release-1.tar.gz", sha(ARCHIVE),
             (("release-1/daemon", "/usr/local/bin/fakedaemon"), ("release-1/ctl", "/opt/cni/bin/fakectl")),
@@ -58,9 +60,9 @@ def downloads(tool_sha: str) -> list[Download]:
     ]
 
 
-def prepare_script(tool_sha: str) -> str:
+def prepare_script(tool_sha: str, tool_version: str = "1") -> str:
     s = dev_settings()
-    ctx = {**render.context(s, s.minions[0]), "downloads": downloads(tool_sha)}
+    ctx = {**render.context(s, s.minions[0]), "downloads": downloads(tool_sha, tool_version)}
     return render.render("prepare.sh.j2", ctx)
 
 
@@ -90,8 +92,8 @@ def box() -> Iterator[Sandbox]:
         yield b
 
 
-def run(box: Sandbox, tool_sha: str):  # type: ignore[no-untyped-def]
-    box.write("/var/lib/kube-ec2-test-prepare.sh", prepare_script(tool_sha), 0o755)
+def run(box: Sandbox, tool_sha: str, tool_version: str = "1"):  # type: ignore[no-untyped-def]
+    box.write("/var/lib/kube-ec2-test-prepare.sh", prepare_script(tool_sha, tool_version), 0o755)
     return box.run(with_server(""), timeout=60)
 
 
@@ -125,7 +127,7 @@ def test_hash_mismatch_stops_with_a_clear_message(box: Sandbox) -> None:
     assert f"SHA-256 MISMATCH for {BASE}/tool: expected {wrong}, got {sha(TOOL)}" in result.output
     assert not box.exists("/usr/local/bin/faketool")
     assert not box.exists(MARKER), "a failed preparation must not leave the marker the steps wait for"
-    assert not any(p.name.endswith(".part") for p in box.path("/var/cache/kube-ec2").iterdir())
+    assert [p.name for p in box.path("/var/cache/kube-ec2").rglob("*") if p.is_file()] == []
 
 
 def test_tampered_upstream_checksum_is_caught(box: Sandbox) -> None:
@@ -134,3 +136,56 @@ def test_tampered_upstream_checksum_is_caught(box: Sandbox) -> None:
     assert result.returncode != 0
     assert f"SHA-256 MISMATCH for {BASE}/upstream-tool" in result.output
     assert not box.exists("/usr/local/bin/upstreamtool")
+
+
+CACHE = "/var/cache/kube-ec2"
+EVIL = b"#!/bin/sh\necho poisoned\n"
+TOOL_2 = b"#!/bin/sh\necho fake tool, version 2\n"
+
+
+def test_cache_is_keyed_by_name_and_version(box: Sandbox) -> None:
+    assert run(box, sha(TOOL)).returncode == 0
+    assert box.path(f"{CACHE}/tool/1/tool").read_bytes() == TOOL
+    assert box.path(f"{CACHE}/archive/1/release-1.tar.gz").read_bytes() == ARCHIVE
+    assert box.path(f"{CACHE}/upstream/1/upstream-tool").read_bytes() == UPSTREAM
+
+
+def test_poisoned_cache_is_checked_fetched_again_and_never_installed(box: Sandbox) -> None:
+    """Someone wrote other bytes into the cache (or a download was cut short): the preparation
+    checks the cached file like a fresh download, fetches the real one and installs only that."""
+    for path in (f"{CACHE}/tool/1/tool", f"{CACHE}/upstream/1/upstream-tool"):
+        box.write(path, EVIL, 0o755)
+    box.write(f"{CACHE}/archive/1/release-1.tar.gz", _tgz({"release-1/daemon": EVIL, "release-1/ctl": EVIL}))
+    result = run(box, sha(TOOL))
+    assert result.returncode == 0, result.explain()
+    assert box.path("/usr/local/bin/faketool").read_bytes() == TOOL
+    assert box.read("/usr/local/bin/fakedaemon") == "#!/bin/sh\necho daemon\n"
+    assert box.read("/opt/cni/bin/fakectl") == "#!/bin/sh\necho ctl\n"
+    assert box.path("/usr/local/bin/upstreamtool").read_bytes() == UPSTREAM
+    fetched = [r for r in requests(box) if ".sha256" not in r]
+    assert len(fetched) == 3, fetched
+    assert box.path(f"{CACHE}/tool/1/tool").read_bytes() == TOOL, "the poisoned cache entry was not replaced"
+
+
+def test_poisoned_cache_and_server_stop_the_preparation(box: Sandbox) -> None:
+    box.write(f"{CACHE}/tool/1/tool", EVIL, 0o755)
+    box.write(f"{SERVE_DIR}/tool", EVIL)
+    result = run(box, sha(TOOL))
+    assert result.returncode != 0
+    assert f"SHA-256 MISMATCH for {BASE}/tool: expected {sha(TOOL)}, got {sha(EVIL)}" in result.output
+    assert not box.exists("/usr/local/bin/faketool")
+    assert not box.exists(MARKER)
+    assert not box.exists(f"{CACHE}/tool/1/tool"), "a file that failed its check stays in the cache"
+
+
+def test_a_new_version_never_reuses_the_old_versions_file(box: Sandbox) -> None:
+    """Same URL, new version and hash (a re-tagged release, an upgrade): the new version is
+    downloaded into its own cache entry, checked and installed; the old entry is untouched."""
+    assert run(box, sha(TOOL)).returncode == 0
+    box.write(f"{SERVE_DIR}/tool", TOOL_2)
+    result = run(box, sha(TOOL_2), tool_version="2")
+    assert result.returncode == 0, result.explain()
+    assert box.path("/usr/local/bin/faketool").read_bytes() == TOOL_2
+    assert box.path(f"{CACHE}/tool/2/tool").read_bytes() == TOOL_2
+    assert box.path(f"{CACHE}/tool/1/tool").read_bytes() == TOOL
+    assert [r for r in requests(box) if "GET /tool " in r], "version 2 was not downloaded"

@@ -91,7 +91,8 @@ def test_every_download_is_verified() -> None:
 def test_unknown_version_is_checked_upstream_only_when_allowed() -> None:
     s = stacks()["upstream"]
     script = render.prepare_script(s, s.minions[0])
-    assert "install_binary https://dl.k8s.io/release/v1.36.0/bin/linux/amd64/kubelet upstream /usr/local/bin/kubelet" in script
+    url = "https://dl.k8s.io/release/v1.36.0/bin/linux/amd64/kubelet"
+    assert f"install_binary kubelet 1.36.0 {url} upstream /usr/local/bin/kubelet" in script
 
 
 def test_strict_undefined() -> None:

@@ -124,50 +124,58 @@ sed -i -E '/\sswap\s/s/^([^#])/#\1/' /etc/fstab
 CACHE=/var/cache/kube-ec2
 mkdir -p "$CACHE"
 
-# fetch URL SHA256|upstream OUT: download once; stop the bootstrap if the hash differs.
+# fetch NAME VERSION URL SHA256|upstream DIR: put into DIR a copy of the artifact whose bytes were
+# just checked against the hash. The cache (one directory per name and version) only saves the
+# download: a cached file is installed only after the same check, and a stale or tampered one is
+# fetched again. A mismatch after download stops the bootstrap.
 fetch() {
-  local url=$1 want=$2 out=$3
+  local name=$1 version=$2 url=$3 want=$4 dir=$5 cached copy
   if [[ $want == upstream ]]; then
     want=$(curl -fsSL --retry 5 --retry-all-errors --max-time 60 "$url.sha256" | cut -d' ' -f1)
   fi
-  if [[ -f $out ]] && echo "$want  $out" | sha256sum --check --status; then
-    return 0
+  cached="$CACHE/$name/$version/$(basename "$url")"
+  copy="$dir/$(basename "$url")"
+  mkdir -p "$(dirname "$cached")"
+  if ! { [[ -f $cached ]] && echo "$want  $cached" | sha256sum --check --status; }; then
+    curl -fsSL --retry 5 --retry-all-errors --connect-timeout 10 --max-time 600 -o "$cached.part" "$url"
+    mv "$cached.part" "$cached"
   fi
-  curl -fsSL --retry 5 --retry-all-errors --connect-timeout 10 --max-time 600 -o "$out.part" "$url"
-  if ! echo "$want  $out.part" | sha256sum --check --status; then
-    echo "kube-ec2: SHA-256 MISMATCH for $url: expected $want, got $(sha256sum "$out.part" | cut -d' ' -f1)" >&2
-    rm -f "$out.part"
+  cp "$cached" "$copy"
+  if ! echo "$want  $copy" | sha256sum --check --status; then
+    echo "kube-ec2: SHA-256 MISMATCH for $url: expected $want, got $(sha256sum "$copy" | cut -d' ' -f1)" >&2
+    rm -f "$cached" "$copy"
     exit 1
   fi
-  mv "$out.part" "$out"
 }
 
-# install_binary URL SHA256 DEST
+# install_binary NAME VERSION URL SHA256 DEST
 install_binary() {
-  fetch "$1" "$2" "$CACHE/$(basename "$3")"
-  install -D -m 0755 "$CACHE/$(basename "$3")" "$3"
+  local tmp
+  tmp=$(mktemp -d)
+  fetch "$1" "$2" "$3" "$4" "$tmp"
+  install -D -m 0755 "$tmp/$(basename "$3")" "$5"
+  rm -rf "$tmp"
 }
 
-# install_archive URL SHA256 MEMBER=DEST...
+# install_archive NAME VERSION URL SHA256 MEMBER=DEST...
 install_archive() {
-  local url=$1 sha=$2 archive tmp pair
-  shift 2
-  archive="$CACHE/$(basename "$url")"
-  fetch "$url" "$sha" "$archive"
+  local url=$3 tmp pair
   tmp=$(mktemp -d)
-  tar -xzf "$archive" -C "$tmp"
+  fetch "$1" "$2" "$3" "$4" "$tmp"
+  shift 4
+  tar -xzf "$tmp/$(basename "$url")" -C "$tmp"
   for pair in "$@"; do
     install -D -m 0755 "$tmp/${pair%%=*}" "${pair#*=}"
   done
   rm -rf "$tmp"
 }
 
-install_binary https://dl.k8s.io/release/v1.35.1/bin/linux/amd64/kubelet e7343310e03ff0d424df4397bdfa4468947d6d1f0f93dac586c1e8d6e4086d5d /usr/local/bin/kubelet
-install_binary https://dl.k8s.io/release/v1.35.1/bin/linux/amd64/kube-proxy upstream /usr/local/bin/kube-proxy
-install_binary https://github.com/flannel-io/flannel/releases/download/v0.27.4/flanneld-amd64 fc1233aac3ad2707d14c9ae42016b5402753f755f0d07cc5c41dc4190e95d299 /usr/local/bin/flanneld
-install_archive https://github.com/flannel-io/cni-plugin/releases/download/v1.7.1-flannel2/cni-plugin-flannel-linux-amd64-v1.7.1-flannel2.tgz upstream flannel-amd64=/opt/cni/bin/flannel
-install_archive https://github.com/Mirantis/cri-dockerd/releases/download/v0.3.24/cri-dockerd-0.3.24.amd64.tgz dd4b7f514c248a3aaca398f467430a4c58aae9a77ea8b96a2f5b5d6fba0948d1 cri-dockerd/cri-dockerd=/usr/local/bin/cri-dockerd
-install_archive https://github.com/containernetworking/plugins/releases/download/v1.8.0/cni-plugins-linux-amd64-v1.8.0.tgz ab3bda535f9d90766cccc90d3dddb5482003dd744d7f22bcf98186bf8eea8be6 bridge=/opt/cni/bin/bridge host-local=/opt/cni/bin/host-local loopback=/opt/cni/bin/loopback portmap=/opt/cni/bin/portmap
+install_binary kubelet 1.35.1 https://dl.k8s.io/release/v1.35.1/bin/linux/amd64/kubelet e7343310e03ff0d424df4397bdfa4468947d6d1f0f93dac586c1e8d6e4086d5d /usr/local/bin/kubelet
+install_binary kube-proxy 1.35.1 https://dl.k8s.io/release/v1.35.1/bin/linux/amd64/kube-proxy upstream /usr/local/bin/kube-proxy
+install_binary flannel 0.27.4 https://github.com/flannel-io/flannel/releases/download/v0.27.4/flanneld-amd64 fc1233aac3ad2707d14c9ae42016b5402753f755f0d07cc5c41dc4190e95d299 /usr/local/bin/flanneld
+install_archive flannel_cni 1.7.1-flannel2 https://github.com/flannel-io/cni-plugin/releases/download/v1.7.1-flannel2/cni-plugin-flannel-linux-amd64-v1.7.1-flannel2.tgz upstream flannel-amd64=/opt/cni/bin/flannel
+install_archive cri_dockerd 0.3.24 https://github.com/Mirantis/cri-dockerd/releases/download/v0.3.24/cri-dockerd-0.3.24.amd64.tgz dd4b7f514c248a3aaca398f467430a4c58aae9a77ea8b96a2f5b5d6fba0948d1 cri-dockerd/cri-dockerd=/usr/local/bin/cri-dockerd
+install_archive cni_plugins 1.8.0 https://github.com/containernetworking/plugins/releases/download/v1.8.0/cni-plugins-linux-amd64-v1.8.0.tgz ab3bda535f9d90766cccc90d3dddb5482003dd744d7f22bcf98186bf8eea8be6 bridge=/opt/cni/bin/bridge host-local=/opt/cni/bin/host-local loopback=/opt/cni/bin/loopback portmap=/opt/cni/bin/portmap
 
 install -d -m 0700 /etc/kubernetes/pki /var/lib/etcd
 install -d -m 0755 /var/log/kubernetes /etc/kube-ec2 /var/lib/kube-ec2
