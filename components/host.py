@@ -56,7 +56,9 @@ class Host(pulumi.ComponentResource):
             ),
             tags=tags,
             volume_tags=tags,
-            opts=pulumi.ResourceOptions(parent=self, ignore_changes=ignored),
+            # The fixed private IP can exist once in the subnet: a replacement (new AMI, type family,
+            # subnet) must wait until the old instance is gone, not be created next to it.
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=ignored, delete_before_replace=True),
         )
         self.private_ip = args.plan.private_ip
         if args.elastic_ip:

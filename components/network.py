@@ -38,7 +38,9 @@ class Network(pulumi.ComponentResource):
             availability_zone=settings.availability_zone,
             map_public_ip_on_launch=True,
             tags=cluster_tags(settings, "subnet"),
-            opts=child,
+            # Its CIDR can exist once in the VPC: a replacement (another availabilityZone) is created
+            # only after the old subnet, and the hosts in it, are gone.
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
         )
         routes = aws.ec2.RouteTable(
             f"{name}-routes",
