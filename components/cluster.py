@@ -22,6 +22,34 @@ UBUNTU_IMAGE_NAME = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*
 # A host that is still booting refuses SSH for a while: retry dials for up to ~10 minutes.
 DIAL_ERROR_LIMIT = 60
 PER_DIAL_TIMEOUT = 10
+# A drain hook runs on destroy, against a master that is up (or gone for good): a few dials only.
+DRAIN_DIAL_ERROR_LIMIT = 3
+
+
+def ssh_connection(
+    host: pulumi.Input[str],
+    private_key: pulumi.Input[str],
+    via: pulumi.Input[str] | None = None,
+    dial_error_limit: int = DIAL_ERROR_LIMIT,
+) -> command.remote.ConnectionArgs:
+    """SSH as the image's user to `host`; through `via` (the master's public address) when given."""
+    proxy = None
+    if via is not None:
+        proxy = command.remote.ProxyConnectionArgs(
+            host=via,
+            user=render.SSH_USER,
+            private_key=private_key,
+            dial_error_limit=dial_error_limit,
+            per_dial_timeout=PER_DIAL_TIMEOUT,
+        )
+    return command.remote.ConnectionArgs(
+        host=host,
+        user=render.SSH_USER,
+        private_key=private_key,
+        dial_error_limit=dial_error_limit,
+        per_dial_timeout=PER_DIAL_TIMEOUT,
+        proxy=proxy,
+    )
 
 
 def remote_command(script: str) -> str:
@@ -96,15 +124,16 @@ class Cluster(pulumi.ComponentResource):
             if step.about_host:
                 # Deleted before the minion's instance, so the drain runs while the node still exists.
                 depends.append(hosts[step.about_host].instance)
+            if on is self.master:
+                limit = DRAIN_DIAL_ERROR_LIMIT if step.delete_script else DIAL_ERROR_LIMIT
+                connection = ssh_connection(self.master.public_ip, self.ssh_private_key, dial_error_limit=limit)
+            else:
+                # Minions at their fixed private IPs through the master: their public IPs change on
+                # any stop/start, and their SSH port is open only to the master's security group.
+                connection = ssh_connection(plan.private_ip, self.ssh_private_key, via=self.master.public_ip)
             self.commands[step.name] = command.remote.Command(
                 step.name,
-                connection=command.remote.ConnectionArgs(
-                    host=on.public_ip,
-                    user=render.SSH_USER,
-                    private_key=self.ssh_private_key,
-                    dial_error_limit=DIAL_ERROR_LIMIT,
-                    per_dial_timeout=PER_DIAL_TIMEOUT,
-                ),
+                connection=connection,
                 create=remote_command(step.script),
                 delete=remote_command(step.delete_script) if step.delete_script else None,
                 stdin=pki.bundle(plan) if step.wants_pki else None,

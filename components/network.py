@@ -30,7 +30,7 @@ class Network(pulumi.ComponentResource):
         )
         gateway = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=self.vpc.id, tags=cluster_tags(settings, "igw"), opts=child)
         # Hosts get public addresses: they download packages and releases without a NAT gateway,
-        # and pulumi-command reaches them over SSH (only from adminCidrs, see security.py).
+        # and pulumi-command reaches the master over SSH and minions through it (see security.py).
         self.subnet = aws.ec2.Subnet(
             f"{name}-subnet",
             vpc_id=self.vpc.id,

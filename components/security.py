@@ -1,8 +1,9 @@
 """Security groups, least privilege: one rule per port and source, each with a description.
 
-Nothing is reachable from outside the cluster except SSH, the API and NodePorts, and only from
-adminCidrs. etcd, the kubelet and VXLAN accept cluster members only; etcd's peer port 2380 is
-not opened at all (one etcd member).
+Nothing is reachable from outside the cluster except the master's SSH, the API and NodePorts,
+and only from adminCidrs. Minions accept SSH only from the master (the steps reach them through
+it). etcd, the kubelet and VXLAN accept cluster members only; etcd's peer port 2380 is not opened
+at all (one etcd member).
 """
 
 from __future__ import annotations
@@ -34,13 +35,13 @@ def ingress_rules(settings: Settings) -> list[Rule]:
         rules += [
             Rule("master", (22, 22), "tcp", cidr, f"SSH from admin range {cidr}"),
             Rule("master", (6443, 6443), "tcp", cidr, f"Kubernetes API from admin range {cidr}"),
-            Rule("minion", (22, 22), "tcp", cidr, f"SSH from admin range {cidr}"),
             Rule("minion", (30000, 32767), "tcp", cidr, f"NodePort Services from admin range {cidr}"),
         ]
     rules += [
         Rule("master", (6443, 6443), "tcp", "minion", "Kubernetes API from kubelets, kube-proxy and pods"),
         Rule("master", (2379, 2379), "tcp", "minion", "etcd client port for flanneld on minions"),
         Rule("master", (8472, 8472), "udp", "minion", "flannel VXLAN from minions"),
+        Rule("minion", (22, 22), "tcp", "master", "SSH from the master, the only way in to minions"),
         Rule("minion", (10250, 10250), "tcp", "master", "kubelet API from the apiserver"),
         Rule("minion", (8472, 8472), "udp", "master", "flannel VXLAN from the master"),
         Rule("minion", (8472, 8472), "udp", "minion", "flannel VXLAN between minions"),

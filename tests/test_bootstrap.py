@@ -108,7 +108,7 @@ def test_commands_carry_the_plan(monkeypatch: pytest.MonkeyPatch) -> None:
         assert seen[step.name] == expected, step.name
         recorded = run.mocks.named(step.name)
         assert recorded.inputs["create"] == f"sudo -n bash -c {shlex.quote(step.script)}"
-        host_ip = run.outputs["masterPublicIp"] if step.host == "master" else run.outputs["minionPublicIps"][int(step.host.split("-")[1])]
+        host_ip = run.outputs["masterPublicIp"] if step.host == "master" else run.outputs["minionPrivateIps"][int(step.host.split("-")[1])]
         from tests.test_program import unwrap
 
         assert unwrap(recorded.inputs["connection"])[0]["host"] == host_ip

@@ -27,7 +27,7 @@ def test_resource_counts(stack: offline.Run) -> None:
         "aws:ec2/routeTable:RouteTable": 1,
         "aws:ec2/routeTableAssociation:RouteTableAssociation": 1,
         "aws:ec2/securityGroup:SecurityGroup": 2,
-        INGRESS: 4 * len(admin) + 6,
+        INGRESS: 3 * len(admin) + 7,
         EGRESS: 2,
         "aws:ec2/keyPair:KeyPair": 1,
         INSTANCE: 1 + minions,
@@ -65,8 +65,8 @@ def test_every_security_group_rule_dev(dev: offline.Run) -> None:
     assert _rules(dev) == {
         ("master", "tcp", 22, 22, admin),
         ("master", "tcp", 6443, 6443, admin),
-        ("minion", "tcp", 22, 22, admin),
         ("minion", "tcp", 30000, 32767, admin),
+        ("minion", "tcp", 22, 22, "sg:master"),
         ("master", "tcp", 6443, 6443, "sg:minion"),
         ("master", "tcp", 2379, 2379, "sg:minion"),
         ("master", "udp", 8472, 8472, "sg:minion"),
@@ -93,7 +93,7 @@ def test_cluster_internal_ports_only_from_members(stack: offline.Run) -> None:
             assert source.startswith("sg:"), (group, low, source)
         if not source.startswith("sg:"):
             assert source in configured
-            assert (low, high) in {(22, 22), (6443, 6443), (30000, 32767)}
+            assert (group, low, high) in {("master", 22, 22), ("master", 6443, 6443), ("minion", 30000, 32767)}
 
 
 def run_admin(run: offline.Run) -> list[str]:
