@@ -511,7 +511,7 @@ def test_wait_cloud_init_done_writes_hosts_once(box: Sandbox) -> None:
         assert f"{h.private_ip} {h.name}" in hosts.splitlines(), h.name
     assert box.mode("/etc/hosts") == 0o644
     assert result.wrote() == ["/etc/hosts"]
-    assert "running it again" not in result.stderr
+    assert "running the preparation again" not in result.stderr
     assert result.called("modprobe") == [] and result.called("curl") == []
     assert box.tmp_leftovers() == []
 
@@ -534,18 +534,47 @@ def test_wait_cloud_init_recoverable_errors_with_marker_pass_with_a_warning(box:
     assert "FAILED" not in result.stderr
 
 
+def test_wait_cloud_init_failed_module_with_marker_reinstalls_packages_once(box: Sandbox) -> None:
+    """Exit 1 with our marker: a module other than ours failed (apt, say); cloud-init's package
+    module runs again, once, and the host goes on. Before, this failed every pulumi up for ever."""
+    prepared_host(box)
+    box.rule("cloud-init", "status --wait", rc=1)
+    box.rule("cloud-init", "status --long", rc=1, stdout="status: error (STUB-APT-FAILED)\n")
+    script = step(CLOUD_INIT_STEP).script
+    first = box.run(script)
+    assert first.returncode == 0, first.explain()
+    assert "cloud-init finished, a module failed:" in first.stderr and "STUB-APT-FAILED" in first.stderr
+    assert first.called("cloud-init", "single") == [
+        ["cloud-init", "single", "--name", "package_update_upgrade_install", "--frequency", "always"]
+    ]
+    assert "running the preparation again" not in first.stderr
+    again = box.run(script)
+    assert again.returncode == 0, again.explain()
+    assert again.called("cloud-init", "single") == []
+
+
+def test_wait_cloud_init_package_repair_failure_fails_and_is_retried(box: Sandbox) -> None:
+    prepared_host(box)
+    box.rule("cloud-init", "status --wait", rc=1)
+    box.rule("cloud-init", "single *", rc=1, stderr="E: Unable to locate package STUB\n")
+    script = step(CLOUD_INIT_STEP).script
+    failed = box.run(script)
+    assert_failed_with_journals(failed, ["cloud-final.service"])
+    assert "Unable to locate package STUB" in failed.stderr
+    box.clear_rules("cloud-init")
+    box.rule("cloud-init", "status --wait", rc=1)
+    retried = box.run(script)
+    assert retried.returncode == 0, retried.explain()
+    assert len(retried.called("cloud-init", "single")) == 1
+
+
 @pytest.mark.parametrize(
-    ("rc", "marker", "message"),
-    [
-        (2, False, f"{MARKER} is missing: the prepare script did not finish"),
-        (0, False, f"{MARKER} is missing: the prepare script did not finish"),
-        (1, True, "cloud-init failed (exit 1)"),
-        (124, True, "cloud-init still running after 1500s"),
-    ],
-    ids=["recoverable-without-marker", "done-without-marker", "module-failed", "timed-out"],
+    ("rc", "message"),
+    [(124, "cloud-init still running after 1500s"), (3, "cloud-init failed (exit 3)")],
+    ids=["timed-out", "unknown-exit"],
 )
-def test_wait_cloud_init_failures_show_status_and_prepare_log(box: Sandbox, rc: int, marker: bool, message: str) -> None:
-    prepared_host(box, marker=marker)
+def test_wait_cloud_init_failures_show_status_and_prepare_log(box: Sandbox, rc: int, message: str) -> None:
+    prepared_host(box, marker=False)
     box.rule("cloud-init", "status --wait", rc=rc)
     box.rule("cloud-init", "status --long", rc=rc, stdout="status: error (STUB-LONG-STATUS)\n")
     result = box.run(step(CLOUD_INIT_STEP).script)
@@ -554,7 +583,87 @@ def test_wait_cloud_init_failures_show_status_and_prepare_log(box: Sandbox, rc: 
     assert "----- cloud-init status --long -----" in result.stderr and "STUB-LONG-STATUS" in result.stderr
     assert "----- tail /var/log/kube-ec2-prepare.log -----" in result.stderr
     assert "PREPARE-LOG-TAIL" in result.stderr
+    assert "running the preparation again" not in result.stderr, "prepared while cloud-init was not done"
     assert not box.exists("/etc/hosts"), "went on to write /etc/hosts on a host that is not prepared"
+
+
+# A stand-in for the embedded preparation (the real one downloads; tests/test_prepare_downloads.py
+# runs that against a local server): it fails, as a download or a hash would, until the cause is
+# fixed (here: a file appears), and then writes the marker as the real one does.
+FAKE_PREPARE = f"""#!/bin/bash
+set -euo pipefail
+exec > >(tee -a {PREPARE_LOG}) 2>&1
+echo "kube-ec2: preparing (fake)"
+if [[ ! -f /etc/kube-ec2/cause-fixed ]]; then
+  echo "kube-ec2: SHA-256 MISMATCH for STUB-URL" >&2
+  exit 1
+fi
+date -u +%FT%TZ > {MARKER}
+"""
+
+
+def recovery_script() -> str:
+    """The real minion-0-cloud-init step with FAKE_PREPARE in place of the embedded preparation."""
+    script = step(CLOUD_INIT_STEP).script
+    real = render.prepare_script(SETTINGS, MINION)
+    assert script.count(real) == 1
+    return script.replace(real, FAKE_PREPARE)
+
+
+def failed_first_boot(box: Sandbox, rc: int) -> None:
+    """cloud-init ran FAKE_PREPARE at first boot, it failed: no marker, cloud-init says error."""
+    box.write(PREPARE, FAKE_PREPARE, 0o755)
+    box.write(PREPARE_LOG, "kube-ec2: SHA-256 MISMATCH at first boot (PREPARE-LOG-TAIL)\n")
+    box.rule("cloud-init", "status --wait", rc=rc)
+    box.rule("cloud-init", "status --long", rc=rc, stdout="status: error (STUB-LONG-STATUS)\n")
+
+
+@pytest.mark.parametrize("rc", [1, 2, 0], ids=["runcmd-failed", "recoverable-errors", "done"])
+def test_wait_cloud_init_recovers_a_failed_first_boot_once_the_cause_is_fixed(box: Sandbox, rc: int) -> None:
+    failed_first_boot(box, rc)
+    script = recovery_script()
+
+    # The cause is not fixed yet: the preparation runs again, fails, and its log is printed.
+    still = box.run(script)
+    assert_failed_with_journals(still, ["cloud-final.service"])
+    assert f"{MARKER} is missing: the first boot's preparation did not finish: running the preparation again" in still.stderr
+    assert "the preparation failed or ran past 1200s" in still.stderr
+    assert "----- tail /var/log/kube-ec2-prepare.log -----" in still.stderr
+    assert "SHA-256 MISMATCH for STUB-URL" in still.stderr, "the failed preparation's log was not printed"
+    assert not box.exists(MARKER) and not box.exists("/etc/hosts")
+    packages = still.called("cloud-init", "single")
+    if rc == 1:
+        assert packages == [["cloud-init", "single", "--name", "package_update_upgrade_install", "--frequency", "always"]]
+    else:
+        assert packages == [], "the package module ran again although no module failed"
+
+    # Fixed: the next pulumi up recovers the host.
+    box.write("/etc/kube-ec2/cause-fixed", "")
+    recovered = box.run(script)
+    assert recovered.returncode == 0, recovered.explain()
+    assert box.exists(MARKER)
+    assert "running the preparation again" in recovered.stderr
+    assert re.search(r"host prepared at \d{4}-\d\d-\d\dT", recovered.stderr), recovered.explain()
+    assert box.read("/etc/hosts") == render.hosts_file(SETTINGS)
+    assert recovered.called("cloud-init", "single") == [], "the package module ran more than once"
+
+    # And from then on nothing runs again, although cloud-init's own verdict never changes.
+    quiet = box.run(script)
+    assert quiet.returncode == 0, quiet.explain()
+    assert "running the preparation again" not in quiet.stderr
+    assert (quiet.wrote(), quiet.called("cloud-init", "single")) == ([], [])
+
+
+def test_wait_cloud_init_preparation_is_bounded(box: Sandbox) -> None:
+    failed_first_boot(box, 1)
+    script = recovery_script()
+    assert "timeout 1200 bash \"$wanted\"" in script
+    assert "timeout 900 cloud-init single" in script
+    hang = FAKE_PREPARE.replace('echo "kube-ec2: preparing (fake)"', 'echo "kube-ec2: preparing (fake)"\nsleep 30')
+    result = box.run(script.replace("timeout 1200 bash", "timeout 1 bash").replace(FAKE_PREPARE, hang), timeout=20)
+    assert_failed_with_journals(result, ["cloud-final.service"])
+    assert "the preparation failed or ran past 1200s" in result.stderr
+    assert result.elapsed < 10, result.elapsed
 
 
 def _changed_preparation_run(box: Sandbox) -> Result:
@@ -568,7 +677,7 @@ def test_wait_cloud_init_runs_a_changed_preparation(box: Sandbox) -> None:
     """A changed prepare script is run, and installed only once it succeeded: here its first download
     fails, so the step fails and the old script stays, and the next run tries again."""
     result = _changed_preparation_run(box)
-    assert "preparation changed since first boot: running it again" in result.stderr
+    assert "preparation changed since first boot: running the preparation again" in result.stderr
     assert box.read(PREPARE) == "#!/bin/bash\necho 'the first boot preparation'\n"
     # It ran the new script (the stubs shield the host's kernel and swap).
     assert result.called("modprobe") == [["modprobe", "overlay"], ["modprobe", "br_netfilter"]]

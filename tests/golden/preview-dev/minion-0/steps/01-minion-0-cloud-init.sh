@@ -71,40 +71,34 @@ ensure_started() {
   echo "$want" >"$stamp"
 }
 
+PREPARE=/usr/local/sbin/kube-ec2-prepare
+PREPARE_LOG=/var/log/kube-ec2-prepare.log
 step_debug() {
   echo "----- cloud-init status --long -----"
   cloud-init status --long || true
-  echo "----- tail /var/log/kube-ec2-prepare.log -----"
-  tail -n 60 /var/log/kube-ec2-prepare.log 2>/dev/null || true
+  echo "----- tail $PREPARE_LOG -----"
+  tail -n 60 "$PREPARE_LOG" 2>/dev/null || true
 }
 
-# cloud-init status --wait exit codes: 0 = done; 2 = done with recoverable errors (for example a
-# deprecated key or a package mirror hiccup): accepted only when our prepare script finished, which
-# it marks with /var/lib/kube-ec2/cloud-init.done; 1 (a module failed) or anything else fails this step.
+# cloud-init status --wait exit codes: 0 = done; 2 = done with recoverable errors (a deprecated
+# key, a package mirror hiccup); 1 = a module failed, which is what a failed first-boot preparation
+# (our runcmd) looks like, and cloud-init never runs it again. Once cloud-init is done, our own
+# marker /var/lib/kube-ec2/cloud-init.done decides: when it is missing the preparation runs again below, so fixing the
+# cause and running `pulumi up` again recovers the host. Still running, or anything else, fails.
 rc=0
 timeout 1500 cloud-init status --wait >/dev/null || rc=$?
 case $rc in
   0) log "cloud-init finished" ;;
+  1) log "cloud-init finished, a module failed:"; cloud-init status --long >&2 || true ;;
   2) log "cloud-init finished with recoverable errors:"; cloud-init status --long >&2 || true ;;
   124) log "cloud-init still running after 1500s"; exit 1 ;;
   *) log "cloud-init failed (exit $rc)"; exit 1 ;;
 esac
-if [[ ! -f /var/lib/kube-ec2/cloud-init.done ]]; then
-  log "/var/lib/kube-ec2/cloud-init.done is missing: the prepare script did not finish"
-  exit 1
-fi
-log "host prepared at $(cat /var/lib/kube-ec2/cloud-init.done)"
 
-# Hosts that are already running get what changed since their first boot: the member list, and
-# the preparation itself (a new kubernetesVersion, say), whose downloads are verified again.
-put_file /etc/hosts 0644 <<'KUBE_EC2_EOF'
-127.0.0.1 localhost
-::1 localhost ip6-localhost ip6-loopback
-10.240.0.10 master
-10.240.0.11 minion-0
-10.240.0.12 minion-1
-10.240.0.13 minion-2
-KUBE_EC2_EOF
+# The preparation this step carries runs when the first boot's did not finish (no marker), or
+# when it changed since (a new kubernetesVersion, say): downloads are verified again. It is
+# installed as the host's preparation only after it succeeded, so a failed run is retried by the
+# next pulumi up. Bounded; on failure its log is printed (step_debug).
 install -d -m 0755 "$STATE"
 wanted="$STATE/prepare.next"
 cat >"$wanted" <<'KUBE_EC2_EOF'
@@ -182,9 +176,37 @@ install -d -m 0755 /var/log/kubernetes /etc/kube-ec2 /var/lib/kube-ec2
 date -u +%FT%TZ > /var/lib/kube-ec2/cloud-init.done
 echo "$(date -u +%FT%TZ) kube-ec2: minion-0 prepared"
 KUBE_EC2_EOF
-if ! cmp -s "$wanted" /usr/local/sbin/kube-ec2-prepare; then
-  # Installed only after it succeeded, so a failed run is retried by the next pulumi up.
-  log "preparation changed since first boot: running it again"
-  bash "$wanted"
-  install -m 0755 "$wanted" /usr/local/sbin/kube-ec2-prepare
+run_prepare() { # WHY
+  log "$1: running the preparation again (log: $PREPARE_LOG)"
+  if ! timeout 1200 bash "$wanted" >/dev/null; then
+    log "the preparation failed or ran past 1200s"
+    exit 1
+  fi
+  install -m 0755 "$wanted" "$PREPARE"
+}
+if ((rc == 1)) && [[ ! -f $STATE/packages.repaired ]]; then
+  # The failed module may have been apt's: run cloud-init's package module again, once.
+  log "running cloud-init's package installation again"
+  timeout 900 cloud-init single --name package_update_upgrade_install --frequency always >&2
+  : >"$STATE/packages.repaired"
 fi
+if [[ ! -f /var/lib/kube-ec2/cloud-init.done ]]; then
+  run_prepare "/var/lib/kube-ec2/cloud-init.done is missing: the first boot's preparation did not finish"
+elif ! cmp -s "$wanted" "$PREPARE"; then
+  run_prepare "preparation changed since first boot"
+fi
+if [[ ! -f /var/lib/kube-ec2/cloud-init.done ]]; then
+  log "/var/lib/kube-ec2/cloud-init.done is still missing after the preparation ran"
+  exit 1
+fi
+log "host prepared at $(cat /var/lib/kube-ec2/cloud-init.done)"
+
+# Hosts that are already running get the member list as it is now.
+put_file /etc/hosts 0644 <<'KUBE_EC2_EOF'
+127.0.0.1 localhost
+::1 localhost ip6-localhost ip6-loopback
+10.240.0.10 master
+10.240.0.11 minion-0
+10.240.0.12 minion-1
+10.240.0.13 minion-2
+KUBE_EC2_EOF
