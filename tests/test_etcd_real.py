@@ -177,3 +177,35 @@ def test_etcd_steps_health_check_passes_with_auth_on(
     found = re.search(r'^wait_until \d+ "etcd health" (.+)$', step_script("master-etcd"), re.MULTILINE)
     assert found, "master-etcd has no etcd health wait"
     ok(etcd.run(shlex.split(found.group(1)), timeout=15))
+
+
+# --- kubeadm's etcd 3.5 settings
+
+
+def test_config_carries_kubeadms_etcd_settings_as_etcd_parses_them(etcd: RealEtcd) -> None:
+    config = etcd.rendered.config
+    assert config["experimental-initial-corrupt-check"] is True
+    # embed.Config decodes the YAML file through JSON into time.Duration: integer nanoseconds.
+    assert config["experimental-watch-progress-notify-interval"] == 5_000_000_000
+    if etcd.release.name == "debian-3.4":
+        return  # 3.4 logs neither setting and its etcdctl has no --progress-notify; it started with them
+    assert '"initial-corrupt-check":true' in etcd.log()
+    # The default interval is 10 minutes: a progress notification within 7 s shows 5 s is in force.
+    watch = etcd.run(
+        ["timeout", "7", etcd.release.etcdctl, f"--endpoints={etcd.rendered.client_url}",
+         f"--cacert={etcd.pki_dir}/etcd-ca.crt", f"--cert={etcd.pki_dir}/{APISERVER}.crt",
+         f"--key={etcd.pki_dir}/{APISERVER}.key", "watch", "--progress-notify", "/kube-ec2-progress"],
+        env={"PATH": "/usr/bin:/bin", "ETCDCTL_API": "3"},
+    )
+    assert watch.returncode == 124 and watch.stdout.startswith("progress notify:"), (watch.stdout, watch.stderr)
+
+
+@pytest.mark.parametrize("release", RELEASES, ids=[r.name for r in RELEASES])
+def test_a_duration_written_as_text_stops_etcd(release: EtcdRelease, tmp_path: Path) -> None:
+    """The broken input: "5s" instead of nanoseconds is refused at start, so the encoding matters."""
+    require_real_etcd(release)
+    config = tmp_path / "etcd.conf.yml"
+    config.write_text(f"name: broken\ndata-dir: {tmp_path}/data\nexperimental-watch-progress-notify-interval: 5s\n")
+    result = subprocess.run([release.etcd, f"--config-file={config}"], capture_output=True, text=True, timeout=20)
+    assert result.returncode != 0
+    assert "cannot unmarshal string into Go struct field" in result.stderr + result.stdout, result.stderr

@@ -103,6 +103,10 @@ initial-cluster: master=https://10.240.0.10:2380
 initial-cluster-state: new
 initial-cluster-token: kube-ec2-dev
 listen-metrics-urls: http://127.0.0.1:2381
+# As kubeadm runs etcd 3.5: check the data against the peers' before serving, and send watchers
+# progress notifications every 5 s (the config file takes durations as integer nanoseconds).
+experimental-initial-corrupt-check: true
+experimental-watch-progress-notify-interval: 5000000000
 client-transport-security:
   cert-file: /etc/kubernetes/pki/etcd-server.crt
   key-file: /etc/kubernetes/pki/etcd-server.key

@@ -1,0 +1,40 @@
+"""Security settings, each with its expected value written here (issue 9).
+
+Every assertion names the advisory, benchmark check or baseline it stands for; the values are
+written in the test, never read from the code that produces them.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from components import versions
+
+# First release of each line past every published etcd RBAC-bypass advisory: GHSA-rfx7-8w68-q57q
+# (nested txn), GHSA-q8m4-xhhv-38mg (unauthenticated Alarm, Lease, ...), GHSA-x35m-3gp4-4fh5 /
+# CVE-2026-44283 (PrevKv or lease in txn), GHSA-xg4h-6gfc-h4m8 (Watch from a key).
+ETCD_FIXED = {(3, 5): 33, (3, 6): 14, (3, 7): 1}
+
+
+def etcd_is_fixed(version: str) -> bool:
+    major, minor, patch = (int(part) for part in version.split("."))
+    first_fixed = ETCD_FIXED.get((major, minor))
+    if first_fixed is None:
+        return (major, minor) > max(ETCD_FIXED)
+    return patch >= first_fixed
+
+
+@pytest.mark.parametrize(
+    ("version", "fixed"),
+    [("3.5.27", False), ("3.5.32", False), ("3.4.44", False), ("3.6.13", False), ("3.5.33", True), ("3.6.14", True), ("3.7.1", True)],
+)
+def test_etcd_fix_table(version: str, fixed: bool) -> None:
+    assert etcd_is_fixed(version) is fixed
+
+
+def test_pinned_etcd_is_past_every_rbac_bypass_advisory() -> None:
+    etcd = versions.load()["etcd"]
+    assert etcd["version"] == "3.5.33"
+    assert etcd_is_fixed(etcd["version"])
+    # kubespray checksums.yml (commit 46dbdd39) etcd_binary_checksums amd64 3.5.33
+    assert etcd["sha256"] == "5025b5b24d81a9616b6e284ccd439b9a3df055ef8fdcdc142af3ec8f6a3b3c95"
