@@ -145,7 +145,7 @@ def plan(settings: Settings) -> tuple[Step, ...]:
                 n,
                 (f"{n}-kubelet",),
                 _script("steps/node-ready.sh.j2", settings, h, f"{n}-ready",
-                        ("kubelet.service", "kube-proxy.service", "cri-docker.service", "flanneld.service")),
+                        ("kubelet.service", "kube-proxy.service", "cri-docker.service", "docker.service", "flanneld.service")),
             ),
             Step(
                 f"{n}-drain",

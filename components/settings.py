@@ -340,11 +340,14 @@ def _check_ranges(
                     "allowed: a larger range or fewer minions"
                 )
     if pod is not None:
+        # flannel never hands out a range's first subnet, and wants room for at least four
+        # (flannel-io/flannel pkg/subnet/config.go, CheckNetworkConfig, commit 0f89b8d5).
         subnets = (2 ** (FLANNEL_SUBNET_LEN - pod.prefixlen) - 1) if pod.prefixlen < FLANNEL_SUBNET_LEN else 0
-        if subnets < hosts:
+        largest = FLANNEL_SUBNET_LEN - max(2, hosts.bit_length())
+        if subnets < hosts or pod.prefixlen > FLANNEL_SUBNET_LEN - 2:
             problems.append(
-                f"{PROJECT}:podCidr: {pod} gives flannel {subnets} /24 subnets but {hosts} hosts need one each; "
-                "allowed: a range of /23 or larger with a /24 per host"
+                f"{PROJECT}:podCidr: {pod} gives flannel {subnets} /24 subnets (it never uses the first) "
+                f"but {hosts} hosts need one each; allowed: /{largest} or larger"
             )
     if svc is not None and not 12 <= svc.prefixlen <= 28:
         problems.append(

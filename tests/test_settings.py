@@ -53,7 +53,7 @@ BAD_VALUES = [
     ({"serviceCidr": "10.200.0.0/24"}, "serviceCidr", "overlaps podCidr"),
     ({"serviceCidr": "10.32.0.0/29"}, "serviceCidr", "/12 to /28"),
     ({"serviceCidr": "10.0.0.0/11"}, "serviceCidr", "/12 to /28"),
-    ({"podCidr": "10.200.0.0/24"}, "podCidr", "/23 or larger"),
+    ({"podCidr": "10.200.0.0/24"}, "podCidr", "/21 or larger"),
     ({"podCidr": "172.17.0.0/16"}, "podCidr", "Docker"),
     ({"vpcCidr": "10.240.0.0/28", "minionCount": "5"}, "vpcCidr", "larger range"),
     ({"adminCidrs": "[]"}, "adminCidrs", "list of CIDRs"),

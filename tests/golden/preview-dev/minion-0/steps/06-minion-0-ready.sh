@@ -3,7 +3,7 @@
 # when their content differs, daemons restart only when an input changed, every wait is bounded.
 set -euo pipefail
 STEP=minion-0-ready
-UNITS=(kubelet.service kube-proxy.service cri-docker.service flanneld.service)
+UNITS=(kubelet.service kube-proxy.service cri-docker.service docker.service flanneld.service)
 STATE=/var/lib/kube-ec2
 export PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin
 export KUBECONFIG=/etc/kubernetes/admin.kubeconfig
