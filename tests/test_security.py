@@ -34,7 +34,7 @@ def test_etcd_fix_table(version: str, fixed: bool) -> None:
 
 def test_pinned_etcd_is_past_every_rbac_bypass_advisory() -> None:
     etcd = versions.load()["etcd"]
-    assert etcd["version"] == "3.5.33"
+    assert etcd["version"] == "3.6.14"
     assert etcd_is_fixed(etcd["version"])
-    # kubespray checksums.yml (commit 46dbdd39) etcd_binary_checksums amd64 3.5.33
-    assert etcd["sha256"] == "5025b5b24d81a9616b6e284ccd439b9a3df055ef8fdcdc142af3ec8f6a3b3c95"
+    # kubespray checksums.yml (commit 46dbdd39) etcd_binary_checksums amd64 3.6.14
+    assert etcd["sha256"] == "ffe840ff9295808e88cce2794a18a5ac87f12a5203c8314d0bf6aa119b41bac5"
