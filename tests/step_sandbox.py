@@ -17,7 +17,7 @@
 
 State persists between runs of the same sandbox (the temp directories and overlay uppers are
 reused; each run's namespace is gone when its script exits), which is what idempotency tests
-need. Stub behaviour is set with `rule(tool, glob, rc=..., stdout=..., delay=...)`: the first
+need. Stub behaviour is set with `rule(tool, glob, rc=..., stdout=..., delay=..., once=...)`: the first
 rule whose glob matches the call's arguments (joined by spaces) decides; `calls` of a `Result`
 are the stub calls of that run only, each a list `[tool, arg, ...]`.
 
@@ -90,6 +90,10 @@ if [[ -f $ctl/rules/$name ]]; then
   while IFS=$'\t' read -r glob rc delay id; do
     # shellcheck disable=SC2053
     if [[ $args == $glob ]]; then
+      if [[ -f $ctl/rules/$name.$id.once ]]; then
+        [[ -f $ctl/rules/$name.$id.spent ]] && continue
+        touch "$ctl/rules/$name.$id.spent"
+      fi
       [[ $delay != 0 ]] && sleep "$delay"
       [[ -f $ctl/rules/$name.$id.out ]] && cat "$ctl/rules/$name.$id.out"
       [[ -f $ctl/rules/$name.$id.err ]] && cat "$ctl/rules/$name.$id.err" >&2
@@ -238,8 +242,14 @@ class Sandbox:
 
     # --- stubs
 
-    def rule(self, tool: str, glob: str, rc: int = 0, stdout: str = "", stderr: str = "", delay: float = 0) -> None:
-        """Make `tool` (a stub) exit `rc` with this output when its arguments match `glob` (bash pattern)."""
+    def rule(
+        self, tool: str, glob: str, rc: int = 0, stdout: str = "", stderr: str = "", delay: float = 0, once: bool = False
+    ) -> None:
+        """Make `tool` (a stub) exit `rc` with this output when its arguments match `glob` (bash pattern).
+
+        once: the rule decides only the first matching call of the sandbox's life; later calls
+        fall through to the next rules (a node that is there, then gone).
+        """
         if tool not in STUBBED:
             raise ValueError(f"{tool} is not stubbed")
         if "\t" in glob or "\n" in glob:
@@ -251,6 +261,8 @@ class Sandbox:
             (self.ctl / "rules" / f"{tool}.{rid}.out").write_text(stdout)
         if stderr:
             (self.ctl / "rules" / f"{tool}.{rid}.err").write_text(stderr)
+        if once:
+            (self.ctl / "rules" / f"{tool}.{rid}.once").touch()
         with rules.open("a") as f:
             f.write(f"{glob}\t{rc}\t{delay:g}\t{rid}\n")
 

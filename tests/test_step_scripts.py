@@ -717,32 +717,93 @@ def test_every_step_script_parses(name: str, script: str, tmp_path: Path) -> Non
 
 
 DRAIN = f"{MINION.name}-drain"
+NOT_FOUND = f'Error from server (NotFound): nodes "{MINION.name}" not found\n'
+REFUSED = "The connection to the server 10.240.0.10:6443 was refused - did you specify the right host or port?\n"
+
+
+def kubectl_verbs(result: Result) -> list[str]:
+    """Each kubectl call as its first two arguments (`get --raw`, `get node`, `drain minion-0`, ...)."""
+    return [" ".join(c[1:3]) for c in result.called("kubectl")]
+
+
+def drain(box: Sandbox) -> Result:
+    return box.run(step(DRAIN).delete_script or "", virtual_clock=True, timeout=60)
+
+
+def test_drain_every_kubectl_call_has_a_request_timeout() -> None:
+    """A hook on destroy must not wait for ever on an API that accepts and never answers."""
+    script = step(DRAIN).delete_script or ""
+    calls = [line.strip() for line in script.splitlines() if re.search(r"(^|\$\(|\s)kubectl ", line) and not line.strip().startswith("#")]
+    assert len(calls) == 4, calls  # the readiness probe, get node, drain, delete
+    for line in calls:
+        assert re.search(r"--request-timeout=\d+s", line), line
+
+
+def test_drain_normal_drains_then_deletes_with_time_limits(box: Sandbox) -> None:
+    result = drain(box)
+    assert result.returncode == 0, result.explain()
+    assert kubectl_verbs(result) == ["get --raw", "get node", f"drain {MINION.name}", "delete node"]
+    for call in result.called("kubectl"):
+        assert any(a.startswith("--request-timeout=") for a in call), call
+    assert "--timeout=180s" in result.called("kubectl", "drain")[0]
+    delete = result.called("kubectl", "delete")[0]
+    assert delete[2:4] == ["node", MINION.name] and "--ignore-not-found" in delete and "--timeout=60s" in delete
+    assert f"node {MINION.name} drained and deleted" in result.stderr
 
 
 def test_drain_of_an_unregistered_node_does_nothing(box: Sandbox) -> None:
-    box.rule("kubectl", f"get node {MINION.name}", rc=1, stderr=f'Error from server (NotFound): nodes "{MINION.name}" not found\n')
-    result = box.run(step(DRAIN).delete_script or "")
+    box.rule("kubectl", f"get node {MINION.name} *", rc=1, stderr=NOT_FOUND)
+    result = drain(box)
     assert result.returncode == 0, result.explain()
     assert f"node {MINION.name} is not registered; nothing to drain" in result.stderr
-    assert [c[1] for c in result.called("kubectl")] == ["get"]
+    assert kubectl_verbs(result) == ["get --raw", "get node"]
+
+
+def test_drain_with_the_api_unreachable_succeeds_after_a_bounded_wait(box: Sandbox) -> None:
+    box.rule("kubectl", "get --raw /readyz *", rc=1, stderr=REFUSED)
+    result = drain(box)
+    assert result.returncode == 0, result.explain()
+    assert f"warning: the API does not answer; leaving node {MINION.name} to go with its instance" in result.stderr
+    assert "kube-apiserver: not ready after 60s" in result.stderr
+    probes = kubectl_verbs(result)
+    assert set(probes) == {"get --raw"} and 20 <= len(probes) <= 31, probes  # every 2 s for 60 s
+    assert not result.called("kubectl", "drain") and not result.called("kubectl", "delete")
+
+
+def test_drain_when_the_api_stops_answering_before_the_node_lookup(box: Sandbox) -> None:
+    box.rule("kubectl", f"get node {MINION.name} *", rc=1, stderr="Unable to connect to the server: i/o timeout\n")
+    result = drain(box)
+    assert result.returncode == 0, result.explain()
+    assert f"warning: the API stopped answering; leaving node {MINION.name}" in result.stderr
+    assert kubectl_verbs(result) == ["get --raw", "get node"]
 
 
 def test_drain_that_does_not_finish_still_deletes_the_node(box: Sandbox) -> None:
     box.rule("kubectl", f"drain {MINION.name} *", rc=1, stderr="error: unable to drain node (sandbox stub)\n")
-    result = box.run(step(DRAIN).delete_script or "")
+    result = drain(box)
     assert result.returncode == 0, result.explain()
     assert f"warning: drain of {MINION.name} did not finish; deleting the node anyway" in result.stderr
-    assert [c[1] for c in result.called("kubectl")] == ["get", "drain", "delete"]
-    delete = result.called("kubectl", "delete")[0]
-    assert delete[2:4] == ["node", MINION.name] and any(a.startswith("--timeout=") for a in delete)
+    assert kubectl_verbs(result) == ["get --raw", "get node", f"drain {MINION.name}", "delete node"]
     assert f"node {MINION.name} drained and deleted" in result.stderr
 
 
-def test_drain_whose_delete_fails_fails_with_the_apiserver_journal(box: Sandbox) -> None:
-    box.rule("kubectl", "delete node *", rc=1)
+@pytest.mark.parametrize(("stderr", "state"), [(NOT_FOUND, "absent"), (REFUSED, "unreachable")], ids=["node-gone", "api-gone"])
+def test_drain_whose_delete_fails_on_a_node_or_api_gone_succeeds(box: Sandbox, stderr: str, state: str) -> None:
+    box.rule("kubectl", f"get node {MINION.name} *", once=True)  # there at first
+    box.rule("kubectl", f"get node {MINION.name} *", rc=1, stderr=stderr)  # then gone, or the API is
+    box.rule("kubectl", "delete node *", rc=1, stderr="error: timed out waiting for the condition\n")
+    result = drain(box)
+    assert result.returncode == 0, result.explain()
+    assert f"warning: node {MINION.name} is {state} after a failed delete; nothing left to do" in result.stderr
+    assert kubectl_verbs(result) == ["get --raw", "get node", f"drain {MINION.name}", "delete node", "get node"]
+
+
+def test_drain_whose_delete_is_refused_fails_with_the_apiserver_journal(box: Sandbox) -> None:
+    box.rule("kubectl", "delete node *", rc=1, stderr="Error from server (Forbidden): sandbox stub\n")
     script = step(DRAIN).delete_script or ""
-    result = box.run(script)
+    result = drain(box)
     assert_failed_with_journals(result, units_of(script))
+    assert f"the API refused to delete node {MINION.name}" in result.stderr
     assert units_of(script) == ["kube-apiserver.service"]
 
 
