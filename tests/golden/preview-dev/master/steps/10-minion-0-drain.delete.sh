@@ -72,12 +72,44 @@ ensure_started() {
 }
 
 # Runs on the master when minion-0 is removed (minionCount lowered, or pulumi destroy), before
-# its instance is deleted. A node that cannot be drained in time is deleted anyway, with a warning.
-if ! kubectl get node minion-0 >/dev/null 2>&1; then
-  log "node minion-0 is not registered; nothing to drain"
+# its instance is deleted. It must never hold a destroy up: every kubectl call has a time limit, a
+# node or API already gone is success, and a node that cannot be drained in time is deleted anyway.
+
+# node_state: "present", "absent" (the API says NotFound) or "unreachable" (no answer in time).
+node_state() {
+  local out
+  if out=$(kubectl get node minion-0 -o name --request-timeout=20s 2>&1); then
+    echo present
+  elif [[ $out == *NotFound* ]]; then
+    echo absent
+  else
+    echo unreachable
+  fi
+}
+
+if ! wait_until 60 "kube-apiserver" kubectl get --raw /readyz --request-timeout=5s; then
+  log "warning: the API does not answer; leaving node minion-0 to go with its instance"
   exit 0
 fi
-kubectl drain minion-0 --ignore-daemonsets --delete-emptydir-data --force --timeout=180s ||
+case $(node_state) in
+  absent)
+    log "node minion-0 is not registered; nothing to drain"
+    exit 0
+    ;;
+  unreachable)
+    log "warning: the API stopped answering; leaving node minion-0 to go with its instance"
+    exit 0
+    ;;
+esac
+kubectl drain minion-0 --ignore-daemonsets --delete-emptydir-data --force --timeout=180s --request-timeout=20s ||
   log "warning: drain of minion-0 did not finish; deleting the node anyway"
-kubectl delete node minion-0 --ignore-not-found --timeout=60s
+if ! kubectl delete node minion-0 --ignore-not-found --timeout=60s --request-timeout=20s; then
+  state=$(node_state)
+  if [[ $state == present ]]; then
+    log "the API refused to delete node minion-0"
+    exit 1
+  fi
+  log "warning: node minion-0 is $state after a failed delete; nothing left to do"
+  exit 0
+fi
 log "node minion-0 drained and deleted"
