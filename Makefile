@@ -38,3 +38,12 @@ golden: setup
 
 bench: setup
 	$(PY) bench/benchmark.py
+
+# The real-cloud proof on AWS (README "End-to-end on AWS"): needs credentials and the Pulumi CLI,
+# refuses at once without them (before building anything), costs money. Never part of `make test`.
+# Options: make e2e E2E_ARGS="--region eu-west-1 --minions 3" (see python -m e2e.run --help).
+.PHONY: e2e
+e2e:
+	python3 -m e2e.preflight
+	$(MAKE) $(VENV)/.installed
+	$(PY) -m e2e.run $(E2E_ARGS)

@@ -1,0 +1,95 @@
+"""The cost estimate of a run: each instance's lifetime (from engine events) x on-demand list prices.
+
+An estimate: EC2 bills Linux on-demand per second with a 60-second minimum; gp3 per GB-month
+(730 hours); each public IPv4 address per hour. Every host is counted with its root volume and
+one public IPv4 address (the master's Elastic IP, a minion's auto-assigned address). Taxes, data
+transfer and anything not in prices.json are not counted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from e2e.events import INSTANCE_TYPE, ResourceOp
+
+PRICES = Path(__file__).with_name("prices.json")
+HOURS_PER_MONTH = 730
+MINIMUM_BILLED_SECONDS = 60
+CREATE_OPS = frozenset({"create", "create-replacement"})
+DELETE_OPS = frozenset({"delete", "delete-replaced"})
+
+
+@dataclass(frozen=True)
+class Lifetime:
+    name: str
+    instance_type: str
+    seconds: int
+    deleted: bool
+
+
+def instance_lifetimes(ops: Iterable[ResourceOp], run_end: int, type_of: Callable[[str], str]) -> list[Lifetime]:
+    """From each instance's create step to its successful delete; an instance never deleted counts to run_end."""
+    open_since: dict[str, list[int]] = {}
+    lifetimes: list[Lifetime] = []
+    for step in ops:
+        if step.type != INSTANCE_TYPE:
+            continue
+        if step.op in CREATE_OPS:
+            open_since.setdefault(step.name, []).append(step.start)
+        elif step.op in DELETE_OPS and step.status == "ok" and open_since.get(step.name):
+            start = open_since[step.name].pop(0)
+            lifetimes.append(Lifetime(step.name, type_of(step.name), (step.end or run_end) - start, True))
+    for name, starts in open_since.items():
+        lifetimes += [Lifetime(name, type_of(name), run_end - start, False) for start in starts]
+    return lifetimes
+
+
+def load_prices(path: Path = PRICES) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def _price(table: dict[str, Any], *keys: str) -> float | None:
+    node: Any = table
+    for key in keys:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return float(node["usd"])
+
+
+def estimate(lifetimes: list[Lifetime], root_volume_gb: int, region: str, prices: dict[str, Any]) -> dict[str, Any]:
+    """Lines (item, quantity, unit, unit price, USD) and the total; items without a price are named, not guessed."""
+    table = prices.get("regions", {}).get(region, {})
+    lines: list[dict[str, Any]] = []
+    for instance_type in sorted({life.instance_type for life in lifetimes}):
+        billed = sum(max(MINIMUM_BILLED_SECONDS, life.seconds) for life in lifetimes if life.instance_type == instance_type)
+        lines.append(_line(f"EC2 {instance_type}", billed / 3600, "instance-hours",
+                           _price(table, "instance_hour", instance_type)))
+    seconds = sum(life.seconds for life in lifetimes)
+    gp3 = _price(table, "gp3_gb_month")
+    lines.append(_line(f"EBS gp3 root volumes ({root_volume_gb} GiB each)", root_volume_gb * seconds / 3600, "GiB-hours",
+                       None if gp3 is None else gp3 / HOURS_PER_MONTH))
+    lines.append(_line("public IPv4 addresses (one per host)", seconds / 3600, "address-hours",
+                       _price(table, "public_ipv4_hour")))
+    priced = [line["usd"] for line in lines if line["usd"] is not None]
+    return {
+        "region": region,
+        "lines": lines,
+        "total_usd": round(sum(priced), 4),
+        "unpriced": [line["item"] for line in lines if line["usd"] is None],
+        "prices_read_on": prices.get("read_on"),
+    }
+
+
+def _line(item: str, quantity: float, unit: str, unit_usd: float | None) -> dict[str, Any]:
+    return {
+        "item": item,
+        "quantity": round(quantity, 4),
+        "unit": unit,
+        "unit_usd": unit_usd,
+        "usd": None if unit_usd is None else round(quantity * unit_usd, 4),
+    }
