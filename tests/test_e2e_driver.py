@@ -102,7 +102,8 @@ class FakeStack:
             wanted |= {f"minion-{i}-instance": (VM, hosts_type), f"minion-{i}-pki": (CMD, hours),
                        f"minion-{i}-ready": (CMD, hours), f"minion-{i}-drain": (CMD, "")}
         drift = str(self.ups) if "drift" in self.faults else ""
-        wanted["master-smoke-test"] = (CMD, f"{hours}/{count}/{drift}")
+        smoke_hours = "" if "smoke-not-rerun" in self.faults else hours
+        wanted["master-smoke-test"] = (CMD, f"{smoke_hours}/{count}/{drift}")
         return wanted
 
     def _emit(self, on_event: Any, kind: str, name: str, typ: str, op: str) -> None:
@@ -378,6 +379,13 @@ def test_rerun_fails_when_hosts_are_replaced() -> None:
     message = run.phase("rerun").message
     assert run.phase("rerun").status == "failed"
     assert message.startswith("the re-run was to keep the running hosts, but it changed master-instance (create-replacement)")
+
+
+def test_rerun_fails_when_the_smoke_test_did_not_run_again() -> None:
+    run, _, _ = drive("smoke-not-rerun")
+    assert run.phase("rerun").status == "failed"
+    assert run.phase("rerun").message == (
+        "master-smoke-test: expected a successful create/create-replacement/replace/update; saw same ok")
 
 
 def test_node_check_names_every_difference() -> None:
