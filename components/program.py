@@ -12,10 +12,9 @@ from pulumi.runtime import config as runtime_config
 
 from components.cluster import Cluster
 from components.render import SSH_USER
-from components.settings import PLACEHOLDER_ADMIN_CIDR, PROJECT, ConfigError, Settings, load_schema, parse_settings
+from components.settings import CHECKIP_URL, PLACEHOLDER_ADMIN_CIDR, PROJECT, ConfigError, Settings, load_schema, parse_settings
 
 OFFLINE_ENV = "KUBE_EC2_OFFLINE"
-CHECKIP_URL = "https://checkip.amazonaws.com"
 
 
 def detect_admin_cidr() -> str:
@@ -29,7 +28,7 @@ def detect_admin_cidr() -> str:
         raise ConfigError(
             [
                 f"{PROJECT}:adminCidrs: unset, and looking up this machine's public address at {CHECKIP_URL} failed "
-                f"({err}); allowed: set it, e.g. pulumi config set --path 'adminCidrs[0]' 203.0.113.7/32"
+                f"({err}); allowed: set the ranges that may connect, e.g. pulumi config set --path 'adminCidrs[0]' <your-public-ip>/32"
             ]
         ) from err
     return f"{address}/32"

@@ -38,8 +38,12 @@ VXLAN_OVERHEAD = 50
 # The master takes this offset inside the hosts' subnet, minion i the next ones (AWS keeps .0-.3).
 FIRST_HOST_OFFSET = 10
 # Documented placeholder (TEST-NET-1, RFC 5737) for runs that cannot look up the deployer's
-# public address: tests and the offline preview. It is never reachable from anywhere.
+# public address: tests and the offline preview. It is never reachable from anywhere, so it is
+# refused as user input like every documentation range.
 PLACEHOLDER_ADMIN_CIDR = "192.0.2.1/32"
+# RFC 5737 section 3: TEST-NET-1, -2 and -3, for documentation only; nobody connects from them.
+DOCUMENTATION_RANGES = tuple(ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"))
+CHECKIP_URL = "https://checkip.amazonaws.com"
 
 _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 _INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$")
@@ -87,7 +91,9 @@ class Settings:
     admin_cidrs_source: str
     """`config` (written by the user), `detected` (deployer's public /32) or `placeholder`."""
     ami_id: str | None
+    """None: unset, the newest Canonical Ubuntu 24.04 amd64 image."""
     availability_zone: str | None
+    """None: unset."""
     root_volume_gb: int
     cert_validity_hours: int
     allow_upstream_checksums: bool
@@ -151,6 +157,20 @@ def load_schema(path: Path = PULUMI_YAML) -> dict[str, dict[str, Any]]:
 
 
 # --- parsing: Pulumi hands every value over as a string (arrays as JSON); stack files as YAML.
+# An empty value ("" or []) is unset: Pulumi.yaml's default applies. The CLI itself hands the
+# program every default it lacks (an optional key's default is "" or []), so "unset" must be
+# reachable through an empty value; for amiId, availabilityZone and adminCidrs it stays None.
+
+
+def _value(key: str, spec: Mapping[str, Any], raw: Mapping[str, Any], problems: list[str]) -> Any:
+    """The key's value: the stack's, else the default; None when both are empty or the stack's is wrong."""
+    for candidate in (raw.get(key), spec.get("default")):
+        if candidate is None or (isinstance(candidate, str) and not candidate.strip()):
+            continue
+        value = _coerce(key, spec, candidate, problems)
+        if value != ():
+            return value
+    return None
 
 
 def _coerce(key: str, spec: Mapping[str, Any], value: Any, problems: list[str]) -> Any:
@@ -158,7 +178,7 @@ def _coerce(key: str, spec: Mapping[str, Any], value: Any, problems: list[str]) 
     if kind == "integer":
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+        if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
             return int(value)
         problems.append(f"{PROJECT}:{key}: {value!r} is not an integer; allowed: a whole number")
     elif kind == "boolean":
@@ -168,14 +188,15 @@ def _coerce(key: str, spec: Mapping[str, Any], value: Any, problems: list[str]) 
             return value.strip().lower() == "true"
         problems.append(f"{PROJECT}:{key}: {value!r} is not a boolean; allowed: true or false")
     elif kind == "array":
+        parsed = value
         if isinstance(value, str):
             try:
-                value = json.loads(value)
+                parsed = json.loads(value)
             except json.JSONDecodeError:
-                value = None
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return tuple(v.strip() for v in value)
-        problems.append(f"{PROJECT}:{key}: {value!r} is not a list of strings; allowed: a YAML list such as [203.0.113.7/32]")
+                parsed = None
+        if isinstance(parsed, list) and all(isinstance(v, str) for v in parsed):
+            return tuple(v.strip() for v in parsed)
+        problems.append(f"{PROJECT}:{key}: {value!r} is not a list of strings; allowed: a YAML list such as [10.20.0.0/16]")
     elif isinstance(value, str):
         return value.strip()
     else:
@@ -204,9 +225,7 @@ def _in_range(key: str, value: int, low: int, high: int, problems: list[str]) ->
 
 
 def _instance_type(key: str, value: str, problems: list[str]) -> None:
-    if not value:
-        problems.append(f"{PROJECT}:{key}: '' is empty; allowed: an EC2 instance type such as t3.medium")
-    elif not _INSTANCE_TYPE_RE.match(value):
+    if not _INSTANCE_TYPE_RE.match(value):
         problems.append(f"{PROJECT}:{key}: {value!r} is not an EC2 instance type; allowed: family.size such as t3.medium")
     elif _ARM_FAMILY_RE.match(value):
         problems.append(
@@ -237,13 +256,7 @@ def parse_settings(
         hint = next((f" (did you mean {k}?)" for k in schema if near and k.lower() == near[0]), "")
         problems.append(f"{PROJECT}:{key}: {raw[key]!r} is set on an unknown key{hint}; allowed keys: {', '.join(sorted(schema))}")
 
-    values: dict[str, Any] = {}
-    for key, spec in schema.items():
-        value = raw.get(key)
-        if value is None:
-            values[key] = spec.get("default")
-            continue
-        values[key] = _coerce(key, spec, value, problems)
+    values = {key: _value(key, spec, raw, problems) for key, spec in schema.items()}
 
     if not region:
         problems.append("aws:region: unset; allowed: an AWS region such as us-east-1 (pulumi config set aws:region us-east-1)")
@@ -284,15 +297,12 @@ def parse_settings(
 
     admin_source = "config"
     admin = values["adminCidrs"]
-    if admin is None:
+    if admin is None and not problems:
         admin, admin_source = (detect_admin_cidr(),), "detected"
         if admin[0] == PLACEHOLDER_ADMIN_CIDR:
             admin_source = "placeholder"
-    if isinstance(admin, tuple):
-        if not admin:
-            problems.append(f"{PROJECT}:adminCidrs: [] is empty; allowed: a list of CIDRs such as [203.0.113.7/32], or unset")
-        for item in admin:
-            _cidr("adminCidrs", item, problems)
+    elif isinstance(admin, tuple):
+        _check_admin_cidrs(admin, problems)
 
     if problems:
         raise ConfigError(problems)
@@ -316,6 +326,27 @@ def parse_settings(
         cert_validity_hours=values["certValidityHours"],
         allow_upstream_checksums=values["allowUpstreamChecksums"],
     )
+
+
+def _check_admin_cidrs(cidrs: tuple[str, ...], problems: list[str]) -> None:
+    """Each range a network, listed once (its rules are named by it), and one somebody can connect from."""
+    seen: set[ipaddress.IPv4Network] = set()
+    for item in cidrs:
+        net = _cidr("adminCidrs", item, problems)
+        if net is None:
+            continue
+        if net in seen:
+            problems.append(
+                f"{PROJECT}:adminCidrs: {item} is listed twice; allowed: each range once (its security-group rules are named by the range)"
+            )
+        seen.add(net)
+        doc = next((d for d in DOCUMENTATION_RANGES if net.subnet_of(d)), None)
+        if doc is not None:
+            problems.append(
+                f"{PROJECT}:adminCidrs: {item} is inside {doc}, a documentation range (RFC 5737) nobody connects from; "
+                f"allowed: the public ranges your administrators connect from (this machine's: curl {CHECKIP_URL}, as a /32), "
+                "or unset for this machine's /32"
+            )
 
 
 def _check_ranges(

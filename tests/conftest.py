@@ -18,13 +18,14 @@ from components.settings import PLACEHOLDER_ADMIN_CIDR, Settings, parse_settings
 
 # An unusual but valid stack: one minion, small ranges, the world allowed in on purpose, a fixed
 # AMI, and a Kubernetes version with no pinned hashes (checked against upstream .sha256 files).
-UNUSUAL = {
+# Values as the CLI stores them: text, and a list for the object `pulumi config set --path` makes.
+UNUSUAL: dict[str, offline.cli.StackValue] = {
     "aws:region": "ap-southeast-2",
     "kube-ec2:minionCount": "1",
     "kube-ec2:vpcCidr": "192.168.50.0/26",
     "kube-ec2:podCidr": "10.8.0.0/22",
     "kube-ec2:serviceCidr": "10.9.0.0/28",
-    "kube-ec2:adminCidrs": '["0.0.0.0/0"]',
+    "kube-ec2:adminCidrs": ["0.0.0.0/0"],
     "kube-ec2:amiId": "ami-0abcdef1234567890",
     "kube-ec2:availabilityZone": "ap-southeast-2b",
     "kube-ec2:kubernetesVersion": "1.36.0",

@@ -13,8 +13,8 @@ def test_every_config_key_is_documented_with_its_default() -> None:
     for key, spec in load_schema().items():
         row = next((line for line in README.splitlines() if line.startswith(f"| `{key}` |")), None)
         assert row, f"README's configuration table lacks {key}"
-        if "default" in spec:
-            assert str(spec["default"]).lower() in row.lower(), (key, spec["default"], row)
+        shown = '""' if spec["default"] == "" else str(spec["default"])
+        assert shown.lower() in row.lower(), (key, spec["default"], row)
 
 
 def test_every_pinned_version_is_named() -> None:

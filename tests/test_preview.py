@@ -94,6 +94,14 @@ def test_bad_config_exits_nonzero_naming_the_key(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_the_clis_own_rules_come_first(tmp_path: Path) -> None:
+    """`pulumi config set kube-ec2:minionCount three` is refused by the CLI before the program runs."""
+    result = run_cli("--stack", "dev", "--set", "kube-ec2:minionCount=three", "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert "Stack 'dev' with configuration key 'minionCount' must be of type 'integer'" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_unknown_stack_lists_the_stacks(tmp_path: Path) -> None:
     result = run_cli("--stack", "staging", "--out", str(tmp_path / "out"))
     assert result.returncode == 2
@@ -137,4 +145,4 @@ def test_prod_runs(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["master", *(f"minion-{i}" for i in range(5))]
     summary = (out / "SUMMARY.md").read_text()
     assert "`eu-west-1`" in summary and "`m6i.xlarge`" in summary
-    assert "`203.0.113.0/28`, `198.51.100.64/27` (config:" in summary
+    assert "`192.0.2.1/32` (placeholder:" in summary  # prod leaves adminCidrs unset

@@ -106,7 +106,9 @@ def test_world_is_open_only_when_written() -> None:
     assert "0.0.0.0/0" not in run_admin(run_stack("dev"))
     assert "0.0.0.0/0" not in run_admin(run_stack("prod"))
     assert run_admin(run_stack("unusual")) == ["0.0.0.0/0"]
-    assert run_admin(run_stack("prod")) == ["198.51.100.64/27", "203.0.113.0/28"]
+    assert run_admin(run_stack("prod")) == ["192.0.2.1/32"]  # unset: the offline placeholder for the deployer's /32
+    two = offline.run("dev", {**offline.stack_config("dev"), "kube-ec2:adminCidrs": ["81.2.69.160/28", "151.101.1.7/32"]})
+    assert run_admin(two) == ["151.101.1.7/32", "81.2.69.160/28"]
 
 
 def test_hosts_imdsv2_encryption_tags_and_fixed_ips(stack: offline.Run) -> None:

@@ -6,6 +6,7 @@ import pulumi
 import pytest
 
 from components import offline
+from components.offline import cli
 from components.settings import ConfigError, load_schema
 from tests.conftest import dev_settings
 
@@ -30,8 +31,31 @@ def test_defaults_and_derived_values() -> None:
 
 
 def test_values_arrive_as_strings_like_the_cli_sends_them() -> None:
-    s = dev_settings(minionCount="5", adminCidrs='["203.0.113.0/28", "198.51.100.7/32"]', allowUpstreamChecksums="false")
-    assert s.minion_count == 5 and s.admin_cidrs == ("203.0.113.0/28", "198.51.100.7/32") and s.admin_cidrs_source == "config"
+    s = dev_settings(minionCount="5", adminCidrs='["81.2.69.160/28","151.101.1.7/32"]', allowUpstreamChecksums="false")
+    assert s.minion_count == 5 and s.admin_cidrs == ("81.2.69.160/28", "151.101.1.7/32") and s.admin_cidrs_source == "config"
+    assert dev_settings(minionCount="+4").minion_count == 4  # Go's strconv.Atoi, which the CLI checks with, takes a sign
+
+
+# What the CLI hands the program for an optional key left alone: its Pulumi.yaml default, "" or [].
+EMPTY = {"adminCidrs": "[]", "amiId": "", "availabilityZone": ""}
+
+
+def test_empty_values_are_unset() -> None:
+    """"" and [] mean unset for every key: the optional ones stay unset, the others take their default."""
+    s = dev_settings(**EMPTY)
+    assert (s.ami_id, s.availability_zone) == (None, None)
+    assert s.admin_cidrs == ("192.0.2.1/32",) and s.admin_cidrs_source == "placeholder"
+    assert dev_settings(adminCidrs=[], amiId="  ").ami_id is None
+    t = dev_settings(masterInstanceType="", minionCount="", vpcCidr=" ")
+    assert (t.master_instance_type, t.minion_count, t.vpc_cidr) == ("t3.medium", 3, "10.240.0.0/16")
+    set_ = dev_settings(amiId="ami-0abcdef1234567890", availabilityZone="us-east-1b")
+    assert (set_.ami_id, set_.availability_zone) == ("ami-0abcdef1234567890", "us-east-1b")
+
+
+def test_optional_keys_default_to_empty_in_pulumi_yaml() -> None:
+    schema = load_schema()
+    assert {key: schema[key]["default"] for key in EMPTY} == {"adminCidrs": [], "amiId": "", "availabilityZone": ""}
+    assert all("default" in spec for spec in schema.values())
 
 
 # (raw config, key that must be named, a fragment of what is allowed)
@@ -39,7 +63,6 @@ BAD_VALUES = [
     ({"minionCount": "0"}, "minionCount", "1 to 100"),
     ({"minionCount": "101"}, "minionCount", "1 to 100"),
     ({"minionCount": "three"}, "minionCount", "whole number"),
-    ({"masterInstanceType": ""}, "masterInstanceType", "t3.medium"),
     ({"minionInstanceType": "t4g.large"}, "minionInstanceType", "x86_64"),
     ({"minionInstanceType": "big"}, "minionInstanceType", "family.size"),
     ({"kubernetesVersion": "1.35"}, "kubernetesVersion", "X.Y.Z"),
@@ -56,10 +79,13 @@ BAD_VALUES = [
     ({"podCidr": "10.200.0.0/24"}, "podCidr", "/21 or larger"),
     ({"podCidr": "172.17.0.0/16"}, "podCidr", "Docker"),
     ({"vpcCidr": "10.240.0.0/28", "minionCount": "5"}, "vpcCidr", "larger range"),
-    ({"adminCidrs": "[]"}, "adminCidrs", "list of CIDRs"),
-    ({"adminCidrs": '["203.0.113.7"]'}, "adminCidrs", "IPv4 network"),
-    ({"adminCidrs": '["not-a-cidr"]'}, "adminCidrs", "IPv4 network"),
-    ({"adminCidrs": "203.0.113.7/32"}, "adminCidrs", "list of strings"),
+    ({"adminCidrs": ["81.2.69.7"]}, "adminCidrs", "IPv4 network"),
+    ({"adminCidrs": ["not-a-cidr"]}, "adminCidrs", "IPv4 network"),
+    ({"adminCidrs": "81.2.69.7/32"}, "adminCidrs", "list of strings"),
+    ({"adminCidrs": ["81.2.69.160/28", " 81.2.69.160/28"]}, "adminCidrs", "each range once"),
+    ({"adminCidrs": ["203.0.113.0/28"]}, "adminCidrs", "documentation range (RFC 5737)"),
+    ({"adminCidrs": ["198.51.100.64/27"]}, "adminCidrs", "documentation range (RFC 5737)"),
+    ({"adminCidrs": ["192.0.2.1/32"]}, "adminCidrs", "documentation range (RFC 5737)"),  # the placeholder, typed in
     ({"amiId": "ubuntu"}, "amiId", "ami-"),
     ({"availabilityZone": "eu-west-1a"}, "availabilityZone", "us-east-1a"),
     ({"rootVolumeGb": "8"}, "rootVolumeGb", "20 to 16384"),
@@ -76,8 +102,8 @@ def test_bad_value_is_rejected_by_name(raw: dict[str, str], key: str, allowed: s
     message = str(err.value)
     assert f"kube-ec2:{key}:" in message
     for value in raw.values():
-        shown = value.strip("[]\"") if key == "adminCidrs" else value
-        assert shown in message, (shown, message)
+        for shown in value if isinstance(value, list) else [value]:
+            assert shown in message, (shown, message)
     assert allowed in message
 
 
@@ -88,7 +114,7 @@ def test_overlap_message_reads_naturally() -> None:
 
 def test_every_problem_is_reported_at_once() -> None:
     with pytest.raises(ConfigError) as err:
-        dev_settings(minionCount="0", podCidr="nope", masterInstanceType="")
+        dev_settings(minionCount="0", podCidr="nope", masterInstanceType="big")
     assert len(err.value.problems) == 3
 
 
@@ -97,13 +123,21 @@ def test_region_is_required() -> None:
         offline.run("dev", {"kube-ec2:minionCount": "3"})
 
 
+# Values of the wrong type, which the CLI refuses itself (validateStackConfigValues) before the program runs.
+REFUSED_BY_CLI = {("minionCount", "three"), ("allowUpstreamChecksums", "yes"), ("adminCidrs", "81.2.69.7/32")}
+
+
 @pytest.mark.parametrize(("raw", "key", "allowed"), BAD_VALUES, ids=[f"{k}={next(iter(r.values()))}" for r, k, _ in BAD_VALUES])
 def test_bad_value_creates_nothing(raw: dict[str, str], key: str, allowed: str) -> None:
-    """Through the whole program: `pulumi up` stops with the message and no resource exists."""
+    """Through the CLI's rules and the whole program: `pulumi up` stops with the message and no resource exists."""
     config = {**offline.stack_config("dev"), **{f"kube-ec2:{k}": v for k, v in raw.items()}}
     mocks = offline.OfflineMocks()
-    with pytest.raises(pulumi.RunError, match=f"kube-ec2:{key}:"):
-        offline.run("dev", config, mocks)
+    if isinstance(raw[key], str) and (key, raw[key]) in REFUSED_BY_CLI:
+        with pytest.raises(cli.CliError, match=f"Stack 'dev' with configuration key '{key}' must be of type"):
+            offline.run("dev", config, mocks)
+    else:
+        with pytest.raises(pulumi.RunError, match=f"kube-ec2:{key}:"):
+            offline.run("dev", config, mocks)
     assert mocks.resources == []
 
 

@@ -4,6 +4,8 @@ The simulator lives in this package and the product never imports it (tests/test
     components/offline/__init__.py   the mocks and `run()`, shared by the tests and the preview
     components/offline/tls.py        pulumi-tls emulation: real keys and certificates
     components/offline/preview.py    `python -m components.offline.preview`: the plan as plain files
+    components/offline/cli.py        the Pulumi CLI's rules for Pulumi.yaml and stack config, applied before the program runs
+    components/offline/upstream/     Pulumi's project schema (project.json, Apache-2.0)
 
 The tests and the offline preview both use `run()`. Every resource the program registers is
 recorded with its resolved inputs; pulumi-tls requests get real certificates (offline.tls), AWS
@@ -13,15 +15,15 @@ resources get deterministic ids and documentation-range public addresses (RFC 57
 from __future__ import annotations
 
 import base64
-import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pulumi
-import yaml
 
+from components.offline import cli
 from components.offline import tls as offline_tls
 from components.settings import ROOT
 
@@ -85,25 +87,16 @@ class OfflineMocks(pulumi.runtime.Mocks):
         return matches[0]
 
 
-def stack_config(stack: str, root: Path = ROOT) -> dict[str, str]:
-    """Pulumi.<stack>.yaml as the CLI hands it to a program: strings, arrays as JSON."""
+def stack_config(stack: str, root: Path = ROOT) -> dict[str, cli.StackValue]:
+    """Pulumi.<stack>.yaml's configuration as the CLI stores it (cli.load_stack)."""
     path = root / f"Pulumi.{stack}.yaml"
     if not path.exists():
         raise FileNotFoundError(f"no stack file {path.name}; stacks: {', '.join(list_stacks(root))}")
-    config = (yaml.safe_load(path.read_text()) or {}).get("config") or {}
-    return {key: _as_config_string(value) for key, value in config.items()}
+    return cli.load_stack(path, cli.load_project(root / "Pulumi.yaml"))
 
 
 def list_stacks(root: Path = ROOT) -> list[str]:
     return sorted(p.name.removeprefix("Pulumi.").removesuffix(".yaml") for p in root.glob("Pulumi.*.yaml"))
-
-
-def _as_config_string(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, dict)):
-        return json.dumps(value)
-    return str(value)
 
 
 @dataclass
@@ -116,18 +109,22 @@ class Run:
     secret_outputs: set[str]
 
 
-def run(stack: str, config: dict[str, str] | None = None, mocks: OfflineMocks | None = None) -> Run:
-    """Run the program for `stack` (config from Pulumi.<stack>.yaml unless given) under mocks.
+def run(stack: str, config: Mapping[str, cli.StackValue] | None = None, mocks: OfflineMocks | None = None) -> Run:
+    """Run the program for `stack` under mocks, as `pulumi up` would after `pulumi stack select <stack>`.
 
-    Raises pulumi.RunError for bad configuration, exactly as `pulumi up` would report it.
+    `config` is the stack's configuration as the CLI stores it (Pulumi.<stack>.yaml unless given):
+    text, or lists for objects. The CLI's rules apply first (cli.merge_config: project defaults,
+    missing keys, types) and raise cli.CliError; the program's own checks raise pulumi.RunError,
+    exactly as `pulumi up` would report them.
     """
     from components import program
 
     os.environ[program.OFFLINE_ENV] = "1"
     config = stack_config(stack) if config is None else config
+    merged = cli.merge_config(stack, cli.load_project(ROOT / "Pulumi.yaml"), config)
     mocks = OfflineMocks() if mocks is None else mocks
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False)
-    pulumi.runtime.set_all_config(config)
+    pulumi.runtime.set_all_config(cli.program_config(merged))
     result: dict[str, Any] = {}
 
     @pulumi.runtime.test

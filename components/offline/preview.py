@@ -35,6 +35,7 @@ import yaml
 
 from components import bootstrap, offline, versions
 from components.bootstrap import Step
+from components.offline import cli
 from components.offline import tls as offline_tls
 from components.settings import PROJECT, ROOT, Settings
 
@@ -403,8 +404,9 @@ def write_preview(run: offline.Run, settings: Settings, out: Path) -> Written:
     return Written(out, len(hosts), files + 1, len(run.mocks.resources), bootstrap.longest_chain(steps))
 
 
-def apply_overrides(config: dict[str, str], sets: Sequence[str]) -> dict[str, str]:
-    """`key=value` pairs over the stack's config; a bare key means `kube-ec2:<key>`."""
+def apply_overrides(config: dict[str, cli.StackValue], sets: Sequence[str]) -> dict[str, cli.StackValue]:
+    """`key=value` pairs over the stack's config, each text as `pulumi config set key value` stores it;
+    a bare key means `kube-ec2:<key>`."""
     result = dict(config)
     for item in sets:
         key, sep, value = item.partition("=")
@@ -446,7 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out: Path = args.out or ROOT / "preview" / args.stack
     try:
         run = offline.run(args.stack, args.config)
-    except pulumi.RunError as err:
+    except (cli.CliError, pulumi.RunError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     settings = run.cluster.settings
