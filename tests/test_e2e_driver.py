@@ -48,7 +48,7 @@ OPTIONS = Options(
     master_type="t3.medium",
     minion_type="t3.large",
     root_volume_gb=30,
-    admin_cidr="198.51.100.7/32",
+    admin_cidr="81.2.69.7/32",  # not a documentation range (RFC 5737): the program refuses those
     cert_validity_hours=8760,
     rerun_cert_validity_hours=8784,
 )
@@ -215,7 +215,7 @@ def test_every_phase_passes_in_order_and_the_stack_is_destroyed_and_removed() ->
         "set_config aws:region=us-east-1", "set_config kube-ec2:minionCount=2",
         "set_config kube-ec2:masterInstanceType=t3.medium", "set_config kube-ec2:minionInstanceType=t3.large",
         "set_config kube-ec2:rootVolumeGb=30", "set_config kube-ec2:certValidityHours=8760",
-        "set_config kube-ec2:adminCidrs[0]=198.51.100.7/32 (path)", "up",
+        "set_config kube-ec2:adminCidrs[0]=81.2.69.7/32 (path)", "up",
         "up",
         "set_config kube-ec2:minionCount=3", "up",
         "set_config kube-ec2:minionCount=2", "up",
