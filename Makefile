@@ -3,14 +3,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STACK ?= dev
 # Validators and the real etcd the tests run (Debian packages).
-APT_PACKAGES := cloud-init shellcheck etcd-server etcd-client iproute2 openssl systemd util-linux
+APT_PACKAGES := cloud-init shellcheck etcd-server etcd-client iproute2 openssl systemd util-linux curl dnsmasq-base nftables
 
 .PHONY: setup tools preview test golden bench
 
 setup: tools $(VENV)/.installed
 
 tools:
-	@missing=""; for t in cloud-init shellcheck etcd etcdctl ip openssl systemd-analyze unshare; do \
+	@missing=""; for t in cloud-init shellcheck etcd etcdctl ip openssl systemd-analyze unshare curl dnsmasq nft; do \
 	  command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages for:$$missing"; \

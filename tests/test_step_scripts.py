@@ -836,34 +836,131 @@ def test_coredns_rollout_failure_prints_pods_events_and_journal(box: Sandbox) ->
     assert "STUB-PODS" in result.stderr
 
 
-SMOKE_PODS = "".join(f"echo-{i} 10.200.{i}.5 {m.name}\n" for i, m in enumerate(SETTINGS.minions))
+SMOKE_NS = "kube-ec2-smoke"
+SMOKE_PAYLOAD = "".join(f"kube-ec2-smoke-{i:06d}." for i in range(1, 561))  # what smoke-lib sends
+SMOKE_DNS_URL = f"http://echo.{SMOKE_NS}.svc.{SETTINGS.cluster_domain}:80"
+SMOKE_NODES = "".join(f"{m.name},,True\n" for m in SETTINGS.minions)
 
 
-def smoke_rules(box: Sandbox, pods: str = SMOKE_PODS) -> None:
-    box.rule("kubectl", "-n kube-ec2-smoke get pods -l app=echo *", stdout=pods)
-    box.rule("kubectl", "-n kube-ec2-smoke get service echo *", stdout="10.32.0.99")
+def smoke_pods(nodes: list[str]) -> str:
+    return "".join(f"echo-{i} 10.200.{i + 1}.5 {node}\n" for i, node in enumerate(nodes))
 
 
-def test_smoke_test_probes_every_pod_the_service_and_dns(box: Sandbox) -> None:
+def smoke_rules(box: Sandbox, nodes: str = SMOKE_NODES, pods: str | None = None) -> None:
+    ready = [line.split(",")[0] for line in nodes.splitlines() if line.endswith(",True") and ",true," not in line]
+    box.rule("kubectl", "--request-timeout=30s get nodes -o jsonpath=*unschedulable*", stdout=nodes)
+    box.rule("kubectl", "--request-timeout=30s get nodes -o jsonpath=*conditions*",
+             stdout="minion-1\n  Ready=False KubeletNotReady: STUB-CONDITION\n")
+    box.rule("kubectl", f"--request-timeout=30s -n {SMOKE_NS} get pods -l app=echo *", stdout=pods or smoke_pods(ready))
+    box.rule("kubectl", f"--request-timeout=30s -n {SMOKE_NS} get endpointslices *",
+             stdout="".join(f"10.200.{i + 1}.5\n" for i in range(len(ready))))
+    box.rule("kubectl", f"--request-timeout=30s -n {SMOKE_NS} get service echo *", stdout="10.32.0.99")
+    box.rule("kubectl", f"--request-timeout=30s -n {SMOKE_NS} exec -i *", stdout=SMOKE_PAYLOAD + "\n")
+    box.rule("curl", "*", stdout=SMOKE_PAYLOAD + "\n")
+
+
+def probes(result: Result) -> list[tuple[str, str]]:
+    """(where the probe ran: a pod or the master, URL) of every probe, in order."""
+    found = []
+    for c in result.calls:
+        if c[0] == "kubectl" and "exec" in c:
+            found.append((c[c.index("-i") + 1], c[-1]))
+        elif c[0] == "curl" and "msg@-" in c:
+            found.append(("master", c[-1]))
+    return found
+
+
+def test_smoke_test_probes_every_pair_the_master_the_service_and_dns(box: Sandbox) -> None:
     smoke_rules(box)
     result = box.run(step("master-smoke-test").script)
     assert result.returncode == 0, result.explain()
-    assert f"echo pods spread over {SETTINGS.minion_count} nodes" in result.stderr
-    targets = [c[-1] for c in result.called("kubectl", "-n", "kube-ec2-smoke", "exec")]
-    expected = [f"10.200.{i}.5:8080" for i in range(1, SETTINGS.minion_count)]
-    expected += ["10.32.0.99:80", f"echo.kube-ec2-smoke.svc.{SETTINGS.cluster_domain}:80"]
-    assert targets == expected
+    n = SETTINGS.minion_count
+    assert result.called("kubectl", "--request-timeout=30s", "-n", SMOKE_NS, "scale") == [
+        ["kubectl", "--request-timeout=30s", "-n", SMOKE_NS, "scale", "deployment/echo", f"--replicas={n}"]
+    ]
+    pairs = [(f"echo-{i}", f"http://10.200.{j + 1}.5:8080/echo") for i in range(n) for j in range(n) if i != j]
+    per_pod = []
+    for i in range(n):
+        per_pod += [("master", f"http://10.200.{i + 1}.5:8080/echo"), (f"echo-{i}", "http://10.32.0.99:80/echo"),
+                    (f"echo-{i}", f"{SMOKE_DNS_URL}/echo")]
+    assert probes(result) == pairs + per_pod
+    for c in result.calls:
+        if "msg@-" in c:
+            assert c[c.index("--max-time") + 1] == "10", c
+    assert f"all {n * (n - 1) + 3 * n} probes passed over {n} nodes" in result.stderr
     assert "smoke test passed" in result.stderr
-    deletes = result.called("kubectl", "delete", "namespace")
+    deletes = [c for c in result.calls if c[0] == "kubectl" and "delete" in c and "namespace" in c]
     assert len(deletes) == 2 and any(a.startswith("--timeout=") for a in deletes[0])
+
+
+def test_smoke_test_leaves_out_a_cordoned_and_a_not_ready_node(box: Sandbox) -> None:
+    nodes = "minion-0,,True\nminion-1,true,True\nminion-2,,False\n"
+    smoke_rules(box, nodes)
+    result = box.run(step("master-smoke-test").script)
+    assert result.returncode == 0, result.explain()
+    assert result.called("kubectl", "--request-timeout=30s", "-n", SMOKE_NS, "scale")[0][-1] == "--replicas=1"
+    assert "node minion-1 is cordoned: not probed" in result.stderr
+    assert "node minion-2 is not Ready (False): not probed" in result.stderr
+    assert "warning: minion-1 is not tested (cordoned, not Ready or not registered)" in result.stderr
+    assert {p for p, _ in probes(result)} == {"echo-0", "master"}
+    assert "all 3 probes passed over 1 nodes" in result.stderr
+
+
+def test_smoke_test_with_no_ready_node_fails_with_node_conditions(box: Sandbox) -> None:
+    smoke_rules(box, "minion-0,true,True\n")
+    script = step("master-smoke-test").script
+    result = box.run(script)
+    assert_failed_with_journals(result, units_of(script))
+    assert "no Ready, schedulable node to run the smoke test on" in result.stderr
+    assert "STUB-CONDITION" in result.stderr
+    assert result.called("kubectl", "apply") == []
 
 
 def test_smoke_test_fails_when_pods_do_not_spread(box: Sandbox) -> None:
     crowded = "".join(f"echo-{i} 10.200.1.{i} {MINION.name}\n" for i in range(SETTINGS.minion_count))
-    smoke_rules(box, crowded)
+    smoke_rules(box, pods=crowded)
     script = step("master-smoke-test").script
     result = box.run(script)
     assert_failed_with_journals(result, units_of(script))
-    assert f"echo pods run on 1 nodes, expected {SETTINGS.minion_count}" in result.stderr
-    assert result.called("kubectl", "-n", "kube-ec2-smoke", "exec") == []
+    assert f"node {MINION.name} runs {SETTINGS.minion_count} echo pods, expected 1" in result.stderr
+    assert f"node {SETTINGS.minions[1].name} runs 0 echo pods, expected 1" in result.stderr
+    assert probes(result) == []
     assert "kube-ec2-smoke get pods,svc,endpointslices" in " ".join(" ".join(c) for c in result.calls)
+
+
+def test_smoke_test_failure_names_the_path_with_the_probes_output_and_node_conditions(box: Sandbox) -> None:
+    smoke_rules(box)
+    box.clear_rules("curl")
+    box.rule("curl", "*10.200.2.5:8080/echo", rc=28, stderr="curl: (28) STUB-TIMED-OUT after 10001 milliseconds\n")
+    box.rule("curl", "*", stdout=SMOKE_PAYLOAD + "\n")
+    script = step("master-smoke-test").script
+    result = box.run(script, virtual_clock=True)
+    assert_failed_with_journals(result, units_of(script))
+    assert (
+        "FAILED master -> pod: minion-1 (10.200.2.5): exit 28 after 3 attempt(s), 0 of 12320 bytes back; "
+        "probe said: curl: (28) STUB-TIMED-OUT after 10001 milliseconds"
+    ) in result.stderr
+    assert f"smoke test FAILED: 1 of {SETTINGS.minion_count * (SETTINGS.minion_count + 2)} probes failed" in result.stderr
+    assert "----- node conditions -----" in result.stderr and "STUB-CONDITION" in result.stderr
+    assert len([p for p in probes(result) if p == ("master", "http://10.200.2.5:8080/echo")]) == 3
+    assert "smoke test passed" not in result.stderr
+    assert box.tmp_leftovers() == []
+
+
+def test_smoke_test_a_truncated_answer_fails(box: Sandbox) -> None:
+    """A path that carries the handshake and small packets but loses the large ones."""
+    smoke_rules(box)
+    box.clear_rules("curl")
+    box.rule("curl", "*", stdout=SMOKE_PAYLOAD[:1400])
+    result = box.run(step("master-smoke-test").script, virtual_clock=True)
+    assert result.returncode != 0
+    assert "FAILED master -> pod: minion-0 (10.200.1.5): exit 0 after 3 attempt(s), 1400 of 12320 bytes back" in result.stderr
+
+
+def test_every_kubectl_call_of_the_smoke_test_is_bounded() -> None:
+    script = step("master-smoke-test").script
+    for line in script.splitlines():
+        code = line.split("#", 1)[0]
+        if re.search(r"\bkubectl\b", code) is None:
+            continue
+        assert re.search(r"timeout (\d+|\$\(\([^)]*\)\)) kubectl ", code), f"kubectl without a client-side bound: {line}"
