@@ -8,6 +8,7 @@ removed only when destroy emptied it, so a failed destroy keeps the state needed
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -23,6 +24,7 @@ SMOKE_TEST = "master-smoke-test"
 # Nodes are polled until they match, within this bound (they are Ready when the smoke test passed).
 NODE_ATTEMPTS = 30
 NODE_INTERVAL = 10.0
+DESTROY_ATTEMPTS = 2
 
 
 def minion(index: int) -> str:
@@ -243,8 +245,17 @@ class Driver:
             run.left_behind = left_behind(stack)
 
     def _destroy(self, stack: Stack, phase: Phase) -> None:
-        result = stack.destroy(on_event=phase.log, on_output=self.output, color="never")
-        phase.changes = dict(result.summary.resource_changes or {})
+        """Destroy; once more if that fails (AWS often refuses a delete while a dependent is still going)."""
+        for attempt in range(1, DESTROY_ATTEMPTS + 1):
+            try:
+                stack.destroy(on_event=phase.log, on_output=self.output, color="never")
+                break
+            except Exception as err:
+                if attempt == DESTROY_ATTEMPTS:
+                    raise
+                self.output(f"e2e: destroy attempt {attempt} failed, trying again: {_short(err, 3)}")
+        # Counted from the events: a failed attempt returns no summary, but what it deleted is gone.
+        phase.changes = dict(Counter(s.op for s in phase.log.ops if s.status == "ok"))
         remaining = left_behind(stack)
         if remaining:
             raise CheckError(f"destroy finished but the state still holds {len(remaining)} resources")

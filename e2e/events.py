@@ -14,6 +14,7 @@ from pulumi.automation.events import EngineEvent, StepEventMetadata
 
 COMMAND_TYPE = "command:remote:Command"
 INSTANCE_TYPE = "aws:ec2/instance:Instance"
+VOLUME_TYPE = "aws:ebs/volume:Volume"
 # Ops that change nothing in the cloud.
 UNCHANGED_OPS = frozenset({"same", "read"})
 # Ops under which a remote step runs its create command again on the host.
@@ -28,6 +29,7 @@ class ResourceOp:
     start: int
     end: int | None = None
     status: str = "unfinished"  # ok | failed | unfinished
+    size_gb: int | None = None  # an EBS volume's size, for the cost estimate
 
     @property
     def name(self) -> str:
@@ -40,7 +42,7 @@ class ResourceOp:
 
     def as_dict(self) -> dict[str, object]:
         return {"name": self.name, "type": self.type, "op": self.op, "start": self.start, "end": self.end,
-                "seconds": self.seconds, "status": self.status, "urn": self.urn}
+                "seconds": self.seconds, "status": self.status, "urn": self.urn, "size_gb": self.size_gb}
 
 
 class EventLog:
@@ -53,7 +55,7 @@ class EventLog:
     def __call__(self, event: EngineEvent) -> None:
         if event.resource_pre_event and not event.resource_pre_event.planning:
             meta = event.resource_pre_event.metadata
-            step = ResourceOp(meta.urn, meta.type, _op(meta), event.timestamp)
+            step = ResourceOp(meta.urn, meta.type, _op(meta), event.timestamp, size_gb=_volume_size(meta))
             self.ops.append(step)
             self._open[(step.urn, step.op)] = step
         elif event.res_outputs_event and not event.res_outputs_event.planning:
@@ -75,6 +77,13 @@ class EventLog:
 
     def succeeded(self, name: str, ops: frozenset[str] | set[str]) -> bool:
         return any(s.status == "ok" for s in self.of(name, ops))
+
+
+def _volume_size(meta: StepEventMetadata) -> int | None:
+    if meta.type != VOLUME_TYPE or meta.new is None or not isinstance(meta.new.inputs, dict):
+        return None
+    size = meta.new.inputs.get("size")
+    return int(size) if isinstance(size, (int, float)) else None
 
 
 def _op(meta: StepEventMetadata) -> str:

@@ -20,7 +20,7 @@ def to_data(run: Run, prices: dict[str, Any], meta: dict[str, str]) -> dict[str,
     """Everything the report says, as plain data (the JSON file)."""
     options = run.options
     every_op = [op for phase in run.phases for op in phase.log.ops]
-    lifetimes = cost.instance_lifetimes(every_op, run.ended or run.started, options.instance_type)
+    lifetimes = cost.lifetimes(every_op, run.ended or run.started, options.instance_type)
     return {
         "result": "passed" if run.passed else "failed",
         "stack": options.stack_name,
@@ -46,8 +46,8 @@ def to_data(run: Run, prices: dict[str, Any], meta: dict[str, str]) -> dict[str,
             }
             for phase in run.phases
         ],
-        "instances": [{"name": life.name, "type": life.instance_type, "seconds": life.seconds, "deleted": life.deleted}
-                      for life in lifetimes],
+        "billed_resources": [{"name": life.name, "kind": life.kind, "size_gb": life.size_gb, "seconds": life.seconds,
+                              "deleted": life.deleted} for life in lifetimes],
         "cost_estimate": cost.estimate(lifetimes, options.root_volume_gb, options.region, prices),
         "stack_removed": run.removed,
         "owner_tag": f"kubernetes.io/cluster/{PROJECT}-{options.stack_name}=owned",

@@ -104,11 +104,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("make e2e: nothing was created.", file=sys.stderr)
         return 2
     from components.program import detect_admin_cidr
-    from components.settings import load_schema
+    from components.settings import ConfigError, load_schema
 
     schema = load_schema()
     args = parse_args(sys.argv[1:] if argv is None else argv, schema)
-    options = options_from(args, schema, detect_admin_cidr)
+    try:
+        options = options_from(args, schema, detect_admin_cidr)
+    except ConfigError as err:
+        print(f"make e2e: {err}\nmake e2e: pass --admin-cidr instead; nothing was created.", file=sys.stderr)
+        return 2
     passphrase, passphrase_file = passphrase_for(options.stack_name)
     secret_env = f"PULUMI_CONFIG_PASSPHRASE_FILE={passphrase_file}" if passphrase_file else "PULUMI_CONFIG_PASSPHRASE=..."
     meta = {

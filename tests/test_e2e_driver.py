@@ -155,7 +155,8 @@ class FakeStack:
         self.calls.append("destroy")
         counts: dict[str, int] = {}
         for name in sorted(self.state, key=lambda n: n.endswith("-instance")):
-            fail = "destroy-fails" in self.faults and name == "minion-1-instance"
+            fail = name == "minion-1-instance" and ("destroy-fails" in self.faults or ("destroy-fails-once" in self.faults
+                                                    and self.calls.count("destroy") == 1))
             self._step(on_event, name, self.state[name][0], "delete", fail)
             del self.state[name]
             counts["delete"] = counts.get("delete", 0) + 1
@@ -256,7 +257,7 @@ def test_the_report_has_phases_steps_hosts_cost_and_no_leftovers(tmp_path: Path)
     # From each create's start to its delete's end, on the fake's timeline (seconds after the start):
     # master 0..760, minion-0 60..790, minion-1 120..820 (destroy deletes them in turn); minion-2
     # from the scale-up (260) to the end of its delete in the scale-down (440).
-    assert sorted((i["name"], i["type"], i["seconds"]) for i in data["instances"]) == [
+    assert sorted((i["name"], i["kind"], i["seconds"]) for i in data["billed_resources"]) == [
         ("master-instance", "t3.medium", 760), ("minion-0-instance", "t3.large", 730),
         ("minion-1-instance", "t3.large", 700), ("minion-2-instance", "t3.large", 180)]
     lines = {line["item"]: line["usd"] for line in data["cost_estimate"]["lines"]}
@@ -302,10 +303,17 @@ def test_nodes_not_ready_are_waited_for_within_the_bound_then_named() -> None:
     assert up.seconds == 260.0 + 29 * 10
 
 
+def test_destroy_is_tried_twice() -> None:
+    run, stack, _ = drive("destroy-fails-once")
+    assert statuses(run)["destroy"] == "passed" and run.removed
+    assert stack.calls[-3:] == ["destroy", "destroy", "remove_stack"]
+    assert run.phase("destroy").changes == {"delete": 11}
+
+
 def test_destroy_failure_keeps_the_stack_and_says_what_is_left() -> None:
     run, stack, _ = drive("destroy-fails")
     assert statuses(run)["destroy"] == "failed" and not run.removed
-    assert "remove_stack" not in stack.calls
+    assert stack.calls[-2:] == ["destroy", "destroy"] and "remove_stack" not in stack.calls
     assert run.left_behind == [f"{VM} minion-1-instance id=id-minion-1-instance"]
 
 
@@ -318,7 +326,7 @@ def test_destroy_failure_is_in_the_report(tmp_path: Path) -> None:
     assert f"- {VM} minion-1-instance id=id-minion-1-instance" in md
     assert "`kubernetes.io/cluster/kube-ec2-e2e-test=owned`" in md and "To finish: `pulumi destroy --stack e2e-test`" in md
     # The instance never got deleted: it counts until the end of the run.
-    assert [(i["name"], i["deleted"]) for i in data["instances"]] == [
+    assert [(i["name"], i["deleted"]) for i in data["billed_resources"]] == [
         ("master-instance", True), ("minion-0-instance", True), ("minion-1-instance", False)]
 
 
@@ -617,6 +625,24 @@ def test_every_price_has_a_source_and_the_defaults_are_priced() -> None:
     schema = load_schema()
     assert schema["masterInstanceType"]["default"] in prices["regions"]["us-east-1"]["instance_hour"]
     assert schema["minionInstanceType"]["default"] in prices["regions"]["us-east-1"]["instance_hour"]
+
+
+def test_ebs_volumes_of_the_stack_are_costed_by_their_size_and_lifetime() -> None:
+    """An extra EBS volume (etcd's data, say): its size from the create step's inputs, its life from the events."""
+    log = EventLog()
+    urn = "urn:pulumi:s::kube-ec2::kube-ec2:index:Cluster$aws:ebs/volume:Volume::master-etcd-data"
+    vol = "aws:ebs/volume:Volume"
+    for seq, (t, kind, op) in enumerate([(0, "resourcePreEvent", "create"), (5, "resOutputsEvent", "create"),
+                                         (7200, "resourcePreEvent", "delete"), (7210, "resOutputsEvent", "delete")]):
+        new = {"type": vol, "urn": urn, "inputs": {"size": 10, "type": "gp3"}} if op == "create" else None
+        log(EngineEvent.from_json({"sequence": seq, "timestamp": t, kind: {
+            "metadata": {"op": op, "urn": urn, "type": vol, "provider": "", "new": new}, "planning": False}}))
+    found = cost.lifetimes(log.ops, 9999, OPTIONS.instance_type)
+    assert found == [cost.Lifetime("master-etcd-data", "volume", 7210, True, 10)]
+    prices = {"regions": {"r": {"gp3_gb_month": {"usd": 0.073}}}}
+    lines = {line["item"]: (line["quantity"], line["usd"]) for line in cost.estimate(found, 30, "r", prices)["lines"]}
+    assert lines["EBS volumes of the stack (priced as gp3)"] == (20.0278, 0.002)  # 10 GiB x 7210 s; x 0.073 / 730
+    assert lines["EBS gp3 root volumes (30 GiB each)"] == (0, 0)
 
 
 def test_cost_bills_the_minimum_and_names_what_has_no_price() -> None:
