@@ -97,17 +97,17 @@ def _command_output(*argv: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from components.program import detect_admin_cidr
+    from components.settings import ConfigError, load_schema
+
+    schema = load_schema()
+    args = parse_args(sys.argv[1:] if argv is None else argv, schema)
     found = preflight.problems(os.environ, Path.home(), shutil.which)
     if found:
         for problem in found:
             print(f"make e2e: {problem}", file=sys.stderr)
         print("make e2e: nothing was created.", file=sys.stderr)
         return 2
-    from components.program import detect_admin_cidr
-    from components.settings import ConfigError, load_schema
-
-    schema = load_schema()
-    args = parse_args(sys.argv[1:] if argv is None else argv, schema)
     try:
         options = options_from(args, schema, detect_admin_cidr)
     except ConfigError as err:
@@ -124,14 +124,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     print(f"make e2e: stack {options.stack_name} in {options.region}, state at {args.backend_url}")
     run = Driver(options, stack_factory(args.backend_url, passphrase), checks.fetch_nodes).run()
+    if run.removed and passphrase_file:
+        passphrase_file.unlink()
     data = report.write(run, args.report_dir, cost.load_prices(), meta)
     print(f"make e2e: {data['result'].upper()}; report: {args.report_dir / 'REPORT.md'}, {args.report_dir / 'report.json'}")
     print(f"make e2e: estimated cost ${data['cost_estimate']['total_usd']:.2f} (an estimate: see the report)")
     if run.left_behind:
         print("make e2e: DESTROY DID NOT FINISH; still in the state:", *run.left_behind, sep="\n  ", file=sys.stderr)
         print(f"make e2e: finish with: {meta['finish_command']}", file=sys.stderr)
-    elif run.removed and passphrase_file:
-        passphrase_file.unlink()
     return 0 if run.passed else 1
 
 

@@ -605,6 +605,37 @@ def test_make_e2e_refuses_before_building_anything(tmp_path: Path) -> None:
     assert recipe.index("-m e2e.preflight") < recipe.index("$(VENV)/.installed"), "refuse before building the venv"
 
 
+def test_the_entry_point_wires_the_driver_report_and_passphrase(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """e2e.run.main with the Automation API stack and the API call swapped for the fakes: files and exit codes."""
+    from e2e import run as entry
+
+    time = FakeTime()
+    made: list[FakeStack] = []
+    passphrases: list[str] = []
+
+    def factory(backend_url: str, passphrase: str) -> Any:
+        passphrases.append(passphrase)
+        assert backend_url == f"file://{tmp_path}/state"
+        assert (tmp_path / "state" / "e2e-wired.passphrase").stat().st_mode & 0o777 == 0o600
+        return lambda name: made.append(FakeStack(name, time, set())) or made[0]
+
+    monkeypatch.setattr(entry, "STATE", tmp_path / "state")
+    monkeypatch.setattr(entry, "stack_factory", factory)
+    monkeypatch.setattr(entry.checks, "fetch_nodes", lambda kubeconfig: made[0].nodes(kubeconfig))
+    monkeypatch.setattr(entry.preflight, "problems", lambda *_: [])
+    monkeypatch.delenv("PULUMI_CONFIG_PASSPHRASE", raising=False)
+    monkeypatch.setattr("time.sleep", lambda _: None)
+    code = entry.main(["--stack", "e2e-wired", "--admin-cidr", "198.51.100.7/32", "--region", "us-east-1",
+                       "--backend-url", f"file://{tmp_path}/state", "--report-dir", str(tmp_path / "out")])
+    assert code == 0 and len(passphrases[0]) >= 32
+    assert not (tmp_path / "state" / "e2e-wired.passphrase").exists(), "removed with the stack"
+    data = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert (data["result"], data["stack"], data["minions"], data["master_instance_type"]) == ("passed", "e2e-wired", 2, "t3.medium")
+    assert "pulumi destroy --yes --stack e2e-wired" in data["finish_command"]
+    assert (tmp_path / "out" / "REPORT.md").read_text().startswith("# `make e2e` report")
+    assert made[0].calls[-1] == "remove_stack"
+
+
 # --- never from `make test`; the price table; CI; README --------------------------------------
 
 
