@@ -5,7 +5,7 @@ STACK ?= dev
 # Validators and the real etcd the tests run (Debian packages).
 APT_PACKAGES := cloud-init shellcheck etcd-server etcd-client iproute2 openssl systemd util-linux curl dnsmasq-base nftables
 
-.PHONY: setup tools preview test golden bench
+.PHONY: setup tools preview test golden bench mutate
 
 setup: tools $(VENV)/.installed
 
@@ -47,3 +47,8 @@ e2e:
 	python3 -m e2e.preflight
 	$(MAKE) $(VENV)/.installed
 	$(PY) -m e2e.run $(E2E_ARGS)
+
+# Mutation score (not part of CI; about half an hour): each catalogued bug in a scratch copy,
+# goldens regenerated, whole suite. Writes docs/mutation-report.md.
+mutate: setup
+	$(PY) tools/mutate.py --report docs/mutation-report.md

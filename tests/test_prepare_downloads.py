@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from components import render
+from components import render, versions
 from components.render import MARKER
 from components.versions import Download
 from tests.conftest import dev_settings
@@ -189,3 +189,31 @@ def test_a_new_version_never_reuses_the_old_versions_file(box: Sandbox) -> None:
     assert box.path(f"{CACHE}/tool/2/tool").read_bytes() == TOOL_2
     assert box.path(f"{CACHE}/tool/1/tool").read_bytes() == TOOL
     assert [r for r in requests(box) if "GET /tool " in r], "version 2 was not downloaded"
+
+
+# Every pinned hash, written a second time, from the same public sources versions.yaml names:
+# a typo or a stray edit in one of the two copies fails here instead of on every host.
+PUBLISHED = {
+    # kubernetes-sigs/kubespray roles/kubespray_defaults/vars/main/checksums.yml (commit 005bdce7)
+    ("kubelet", "1.35.1"): "e7343310e03ff0d424df4397bdfa4468947d6d1f0f93dac586c1e8d6e4086d5d",
+    ("kubectl", "1.35.1"): "36e2f4ac66259232341dd7866952d64a958846470f6a9a6a813b9117bd965207",
+    ("kubelet", "1.34.4"): "03b8fea715a7ef82eeaf518dee34c72670c57cc7bc40dc1320c04fbf4f15172f",
+    ("kubectl", "1.34.4"): "d50c359d95e0841eaad08ddc27c7be37cba8fdccfba5c8e2ded65e121ff112db",
+    ("cri_dockerd", "0.3.24"): "dd4b7f514c248a3aaca398f467430a4c58aae9a77ea8b96a2f5b5d6fba0948d1",
+    ("cni_plugins", "1.8.0"): "ab3bda535f9d90766cccc90d3dddb5482003dd744d7f22bcf98186bf8eea8be6",
+    # same checksums.yml (commit 46dbdd39), etcd_binary_checksums amd64
+    ("etcd", "3.5.33"): "5025b5b24d81a9616b6e284ccd439b9a3df055ef8fdcdc142af3ec8f6a3b3c95",
+    # sysoperator/kubernetes-formula pillar/flannel.sls (commit 38808a7a)
+    ("flannel", "0.27.4"): "fc1233aac3ad2707d14c9ae42016b5402753f755f0d07cc5c41dc4190e95d299",
+}
+
+
+def test_pinned_hashes_are_the_published_ones() -> None:
+    pinned = {
+        (d.name, d.version): d.sha256
+        for version in versions.pinned_kubernetes_versions()
+        for role in ("master", "minion")
+        for d in versions.downloads(role, version)
+        if d.sha256
+    }
+    assert pinned == PUBLISHED
