@@ -201,8 +201,9 @@ PUBLISHED = {
     ("kubectl", "1.34.4"): "d50c359d95e0841eaad08ddc27c7be37cba8fdccfba5c8e2ded65e121ff112db",
     ("cri_dockerd", "0.3.24"): "dd4b7f514c248a3aaca398f467430a4c58aae9a77ea8b96a2f5b5d6fba0948d1",
     ("cni_plugins", "1.8.0"): "ab3bda535f9d90766cccc90d3dddb5482003dd744d7f22bcf98186bf8eea8be6",
-    # same checksums.yml (commit 46dbdd39), etcd_binary_checksums amd64
-    ("etcd", "3.5.33"): "5025b5b24d81a9616b6e284ccd439b9a3df055ef8fdcdc142af3ec8f6a3b3c95",
+    # same checksums.yml (commit 46dbdd39), etcd_binary_checksums amd64 3.6.14 (the same value
+    # appears in several independent public install scripts for etcd-v3.6.14-linux-amd64.tar.gz)
+    ("etcd", "3.6.14"): "ffe840ff9295808e88cce2794a18a5ac87f12a5203c8314d0bf6aa119b41bac5",
     # sysoperator/kubernetes-formula pillar/flannel.sls (commit 38808a7a)
     ("flannel", "0.27.4"): "fc1233aac3ad2707d14c9ae42016b5402753f755f0d07cc5c41dc4190e95d299",
 }
