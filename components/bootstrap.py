@@ -20,6 +20,9 @@ from components import render
 from components.render import DAEMONS, PKI_DIR, File
 from components.settings import HostPlan, Settings
 
+ETCD_STEP = "master-etcd"
+"""The step that starts etcd: it runs only once etcd's volume is attached."""
+
 
 @dataclass(frozen=True)
 class Step:
@@ -69,6 +72,7 @@ def _daemon_step(
         for unit in daemon.packaged_units:
             starts.append((unit, configs))
             units.append(unit)
+        units.extend(daemon.required_units)
         for unit in daemon.units:
             units.append(unit)
             # A socket-activated service pulls its socket in (Requires=); restarting the socket
@@ -100,7 +104,7 @@ def plan(settings: Settings) -> tuple[Step, ...]:
     m = settings.master
     steps: list[Step] = [
         *_first_steps(settings, m),
-        _daemon_step(settings, m, "master-etcd", "steps/etcd.sh.j2", ("etcd",), ("master-pki",)),
+        _daemon_step(settings, m, ETCD_STEP, "steps/etcd.sh.j2", ("etcd",), ("master-pki",)),
         Step(
             "master-flannel-network",
             m.name,

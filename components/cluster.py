@@ -15,6 +15,7 @@ from components.network import Network, cluster_tags
 from components.pki import Pki
 from components.security import SecurityGroups
 from components.settings import Settings
+from components.storage import EtcdVolume
 
 # Canonical's AWS account; the image name pattern of Ubuntu 24.04 LTS (noble) amd64 server.
 CANONICAL_OWNER = "099720109477"
@@ -94,7 +95,7 @@ class Cluster(pulumi.ComponentResource):
                 opts=pulumi.InvokeOutputOptions(parent=self),
             ).id
 
-        def host(plan, instance_type: str, group: aws.ec2.SecurityGroup, elastic_ip: bool) -> Host:
+        def host(plan, instance_type: str, group: aws.ec2.SecurityGroup, elastic_ip: bool, user_data: pulumi.Input[str]) -> Host:
             args = HostArgs(
                 plan=plan,
                 instance_type=instance_type,
@@ -103,13 +104,23 @@ class Cluster(pulumi.ComponentResource):
                 key_name=key_pair.key_name,
                 ami_id=ami_id,
                 ami_is_lookup=settings.ami_id is None,
-                user_data_base64=render.compress(render.user_data(settings, plan)),
+                user_data_base64=user_data,
                 elastic_ip=elastic_ip,
             )
             return Host(plan.name, settings, args, opts=child)
 
-        self.master = host(settings.master, settings.master_instance_type, groups.master, True)
-        self.minions = [host(p, settings.minion_instance_type, groups.minion, False) for p in settings.minions]
+        def plain_user_data(plan) -> str:
+            return render.compress(render.user_data(settings, plan))
+
+        def master_user_data(volume_id: str) -> str:
+            return render.compress(render.user_data(settings, settings.master, {"ETCD_VOLUME_ID": volume_id}))
+
+        etcd_volume = EtcdVolume("etcd", settings, network.subnet.availability_zone, opts=child)
+        self.master = host(
+            settings.master, settings.master_instance_type, groups.master, True, etcd_volume.volume.id.apply(master_user_data)
+        )
+        etcd_attachment = etcd_volume.attach(self.master.instance)
+        self.minions = [host(p, settings.minion_instance_type, groups.minion, False, plain_user_data(p)) for p in settings.minions]
         hosts = {settings.master.name: self.master, **{p.name: h for p, h in zip(settings.minions, self.minions, strict=False)}}
         plans = {p.name: p for p in settings.hosts}
 
@@ -121,6 +132,9 @@ class Cluster(pulumi.ComponentResource):
             on = hosts[step.host]
             plan = plans[step.host]
             depends: list[pulumi.Resource] = [self.commands[a] for a in step.after]
+            if step.name == bootstrap.ETCD_STEP:
+                # etcd needs its volume; on destroy the volume (which stops the master) goes after every step.
+                depends.append(etcd_attachment)
             if step.about_host:
                 # Deleted before the minion's instance, so the drain runs while the node still exists.
                 depends.append(hosts[step.about_host].instance)

@@ -22,7 +22,7 @@ class HostArgs:
     ami_id: pulumi.Input[str]
     ami_is_lookup: bool
     """True when the AMI is looked up (newest Ubuntu): a newer image must not replace running hosts."""
-    user_data_base64: str
+    user_data_base64: pulumi.Input[str]
     """gzip+base64 cloud-config; non-secret by construction."""
     elastic_ip: bool = False
 

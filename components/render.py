@@ -30,6 +30,16 @@ STATE_DIR = "/var/lib/kube-ec2"
 MARKER = f"{STATE_DIR}/cloud-init.done"
 FLANNEL_PREFIX = "/coreos.com/network"
 SSH_USER = "ubuntu"
+# etcd's data lives on its own EBS volume, mounted here (etcd.conf.yml's data-dir).
+ETCD_DATA_DIR = "/var/lib/etcd"
+ETCD_VOLUME_DEVICE = "/dev/sdf"
+"""The attachment's device name; Nitro instances show the volume as an NVMe disk named otherwise."""
+ETCD_VOLUME_XEN_DEVICE = "/dev/xvdf"
+"""Where Xen instances show a volume attached as /dev/sdf."""
+ETCD_VOLUME_WAIT_SECONDS = 600
+# Values known only once AWS has created them (the volume id, the snapshot bucket): cloud-init
+# writes them on the master, the storage units read them.
+STORAGE_ENV = "/etc/kube-ec2/etcd-storage.env"
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,8 @@ class Daemon:
     """Installed binaries whose change (a version upgrade) restarts the daemon."""
     packaged_units: tuple[str, ...] = ()
     """Units shipped by an OS package; restarted when this daemon's config files change."""
+    required_units: tuple[str, ...] = ()
+    """Units (among `files`) the daemon's unit pulls in by Requires=: never started on their own."""
 
     @property
     def all_files(self) -> tuple[File, ...]:
@@ -62,7 +74,12 @@ class Daemon:
 DAEMONS: dict[str, Daemon] = {
     "etcd": Daemon(
         units=("etcd.service",),
-        files=(File("/etc/etcd/etcd.conf.yml", "configs/etcd.conf.yml.j2"),),
+        files=(
+            File("/etc/etcd/etcd.conf.yml", "configs/etcd.conf.yml.j2"),
+            File("/etc/systemd/system/etcd-data.service", "units/etcd-data.service.j2"),
+            File("/usr/local/sbin/kube-ec2-etcd-data", "scripts/etcd-data.sh.j2", "0755"),
+        ),
+        required_units=("etcd-data.service",),
         pki=("etcd-ca.crt", "etcd-server.crt", "etcd-server.key", "etcd-peer.crt", "etcd-peer.key"),
         binaries=("/usr/local/bin/etcd",),
     ),
@@ -197,6 +214,10 @@ def context(settings: Settings, host: HostPlan) -> dict[str, Any]:
         "pki": PKI_DIR,
         "state_dir": STATE_DIR,
         "marker": MARKER,
+        "etcd_data_dir": ETCD_DATA_DIR,
+        "etcd_volume_xen_device": ETCD_VOLUME_XEN_DEVICE,
+        "etcd_volume_wait_seconds": ETCD_VOLUME_WAIT_SECONDS,
+        "storage_env": STORAGE_ENV,
         "images": imgs,
         "downloads": versions.downloads(host.role, settings.kubernetes_version),
     }
@@ -234,16 +255,30 @@ def host_files(settings: Settings, host: HostPlan) -> dict[str, tuple[str, str]]
     return files
 
 
-def user_data(settings: Settings, host: HostPlan) -> str:
-    """The host's cloud-config (plain text, what `cloud-init schema` checks)."""
+def user_data(settings: Settings, host: HostPlan, storage: dict[str, str] | None = None) -> str:
+    """The host's cloud-config (plain text, what `cloud-init schema` checks).
+
+    `storage`: the master's deploy-time storage values (see `storage_env`), written to STORAGE_ENV.
+    """
     ctx = context(settings, host)
+    files = host_files(settings, host)
+    if storage is not None:
+        files = {**files, STORAGE_ENV: ("0644", storage_env(storage))}
     return render(
         f"{host.role}.yaml.j2",
         ctx,
-        files=host_files(settings, host),
+        files=files,
         prepare=prepare_script(settings, host),
         hosts_file=hosts_file(settings),
     )
+
+
+def storage_env(values: dict[str, str]) -> str:
+    """A systemd EnvironmentFile: one NAME=value line each, values quoted for systemd and bash."""
+    for name, value in values.items():
+        if not name.isidentifier() or not value or any(c in value for c in "\"\\$`'\n"):
+            raise ValueError(f"storage value {name}={value!r}: allowed: a name and a non-empty plain value")
+    return "".join(f'{name}="{value}"\n' for name, value in sorted(values.items()))
 
 
 def prepare_script(settings: Settings, host: HostPlan) -> str:

@@ -20,6 +20,7 @@ from tests.engine_options import Options, recording
 IDENTITY_PINNING = {
     "aws:ec2/instance:Instance": "privateIp",
     "aws:ec2/subnet:Subnet": "cidrBlock",
+    "aws:ec2/volumeAttachment:VolumeAttachment": "volumeId",  # a volume attaches to one instance at a time
 }
 
 
@@ -36,7 +37,7 @@ def test_identity_pinning_resources_are_deleted_before_replaced() -> None:
         if typ in IDENTITY_PINNING:
             found[typ] += 1
             assert opts.delete_before_replace, f"{name} pins {IDENTITY_PINNING[typ]} but is created before the old one goes"
-    assert found == {"aws:ec2/instance:Instance": 4, "aws:ec2/subnet:Subnet": 1}
+    assert found == {"aws:ec2/instance:Instance": 4, "aws:ec2/subnet:Subnet": 1, "aws:ec2/volumeAttachment:VolumeAttachment": 1}
 
 
 def test_options_recorder_sees_what_the_program_declared() -> None:

@@ -15,6 +15,7 @@ resources get deterministic ids and documentation-range public addresses (RFC 57
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,6 +42,15 @@ class Recorded:
     outputs: dict[str, Any]
 
 
+# Ids shaped like AWS's where a host reads them (the etcd volume's NVMe serial), derived from the name.
+AWS_ID_PREFIXES = {"aws:ebs/volume:Volume": "vol-0"}
+
+
+def resource_id(typ: str, name: str) -> str:
+    prefix = AWS_ID_PREFIXES.get(typ)
+    return f"{name}-id" if prefix is None else prefix + hashlib.sha256(name.encode()).hexdigest()[:16]
+
+
 @dataclass
 class OfflineMocks(pulumi.runtime.Mocks):
     resources: list[Recorded] = field(default_factory=list)
@@ -64,6 +74,8 @@ class OfflineMocks(pulumi.runtime.Mocks):
             outputs.update({"keyName": f"{args.name}-key"})
         elif typ == "command:remote:Command":
             outputs.update({"stdout": "", "stderr": ""})
+        elif typ == "aws:ec2/subnet:Subnet" and not outputs.get("availabilityZone"):
+            outputs["availabilityZone"] = f"{pulumi.Config('aws').get('region')}a"  # AWS's choice, when unset
         self.resources.append(Recorded(typ, args.name, dict(args.inputs), outputs))
         # Mark what the real providers mark secret (the mock monitor ignores additional_secret_outputs),
         # so secretness flows through the program here as it does in `pulumi up`.
@@ -71,7 +83,7 @@ class OfflineMocks(pulumi.runtime.Mocks):
             return f"{args.name}-id", offline_tls.mark_secrets(typ, outputs)
         if typ == "random:index/randomBytes:RandomBytes":
             return f"{args.name}-id", {**outputs, **{k: offline_tls.secret(outputs[k]) for k in ("base64", "hex")}}
-        return f"{args.name}-id", outputs
+        return resource_id(typ, args.name), outputs
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]]] | dict[str, Any]:
         if args.token == "aws:ec2/getAmi:getAmi":

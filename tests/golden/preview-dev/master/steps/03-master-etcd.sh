@@ -3,7 +3,7 @@
 # when their content differs, daemons restart only when an input changed, every wait is bounded.
 set -euo pipefail
 STEP=master-etcd
-UNITS=(etcd.service)
+UNITS=(etcd-data.service etcd.service)
 STATE=/var/lib/kube-ec2
 export PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin
 export KUBECONFIG=/etc/kubernetes/admin.kubeconfig
@@ -77,8 +77,11 @@ put_file /etc/systemd/system/etcd.service 0644 <<'KUBE_EC2_EOF'
 [Unit]
 Description=etcd: the cluster's key-value store (every setting is in /etc/etcd/etcd.conf.yml)
 Documentation=https://etcd.io/docs/
-After=network-online.target
+After=network-online.target etcd-data.service
 Wants=network-online.target
+# The data lives on its own EBS volume, never on the root volume.
+Requires=etcd-data.service
+AssertPathIsMountPoint=/var/lib/etcd
 
 [Service]
 Type=notify
@@ -120,6 +123,81 @@ peer-transport-security:
   trusted-ca-file: /etc/kubernetes/pki/etcd-ca.crt
   auto-tls: false
 KUBE_EC2_EOF
+put_file /etc/systemd/system/etcd-data.service 0644 <<'KUBE_EC2_EOF'
+[Unit]
+Description=etcd's own EBS volume, formatted once and mounted at /var/lib/etcd
+Documentation=file:///usr/local/sbin/kube-ec2-etcd-data
+After=local-fs.target
+Before=etcd.service
 
-ensure_started etcd.service /etc/systemd/system/etcd.service /etc/etcd/etcd.conf.yml /etc/kubernetes/pki/etcd-ca.crt /etc/kubernetes/pki/etcd-server.crt /etc/kubernetes/pki/etcd-server.key /etc/kubernetes/pki/etcd-peer.crt /etc/kubernetes/pki/etcd-peer.key /usr/local/bin/etcd
+[Service]
+Type=oneshot
+EnvironmentFile=/etc/kube-ec2/etcd-storage.env
+ExecStart=/usr/local/sbin/kube-ec2-etcd-data
+RemainAfterExit=yes
+TimeoutStartSec=660
+KUBE_EC2_EOF
+put_file /usr/local/sbin/kube-ec2-etcd-data 0755 <<'KUBE_EC2_EOF'
+#!/bin/bash
+# Mount etcd's own EBS volume at /var/lib/etcd (run by etcd-data.service before etcd starts).
+# The volume is found by its id: on Nitro instances it is an NVMe disk whose serial is the id
+# without its dash (/dev/disk/by-id), whatever device name the attachment asked for; on Xen
+# instances it appears under the attachment's name. A filesystem is made only on a volume
+# that has none, so a replaced master mounts the data the old one left.
+set -euo pipefail
+: "${ETCD_VOLUME_ID:?ETCD_VOLUME_ID is not set (EnvironmentFile=/etc/kube-ec2/etcd-storage.env)}"
+MOUNT=/var/lib/etcd
+WAIT_SECONDS=600
+
+log() { printf 'etcd-data: %s\n' "$*" >&2; }
+
+if [[ ! $ETCD_VOLUME_ID =~ ^vol-[0-9a-f]+$ ]]; then
+  log "ETCD_VOLUME_ID=$ETCD_VOLUME_ID is not a volume id (vol-...)"
+  exit 1
+fi
+candidates=("/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_${ETCD_VOLUME_ID/-/}" /dev/xvdf)
+
+# The attachment is made after the instance starts: wait for the disk, bounded.
+device=""
+for ((waited = 0; waited <= WAIT_SECONDS; waited += 2)); do
+  for candidate in "${candidates[@]}"; do
+    if [[ -b $candidate ]]; then
+      device=$(readlink -f "$candidate")
+      break 2
+    fi
+  done
+  sleep 2
+done
+if [[ -z $device ]]; then
+  log "volume $ETCD_VOLUME_ID did not appear after ${WAIT_SECONDS}s (looked for ${candidates[*]})"
+  exit 1
+fi
+
+if mountpoint -q "$MOUNT"; then
+  # Compare device numbers: what is mounted there against the volume's disk.
+  if [[ $(mountpoint -d "$MOUNT") != "$(mountpoint -x "$device")" ]]; then
+    log "$MOUNT is already a mount of $(findmnt -n -o SOURCE --mountpoint "$MOUNT"), not of volume $ETCD_VOLUME_ID ($device)"
+    exit 1
+  fi
+  log "$device already mounted at $MOUNT"
+  exit 0
+fi
+
+# blkid -p exits 2 when it finds no signature at all; any other failure stops here, unformatted.
+rc=0
+blkid -p "$device" >/dev/null || rc=$?
+if ((rc == 2)); then
+  log "volume $ETCD_VOLUME_ID ($device) has no filesystem: making one"
+  mkfs.ext4 -q -L etcd-data "$device"
+elif ((rc != 0)); then
+  log "blkid $device failed with exit $rc; not touching it"
+  exit 1
+fi
+install -d -m 0700 "$MOUNT"
+mount -o noatime "$device" "$MOUNT"
+chmod 0700 "$MOUNT"
+log "volume $ETCD_VOLUME_ID ($device) mounted at $MOUNT"
+KUBE_EC2_EOF
+
+ensure_started etcd.service /etc/systemd/system/etcd.service /etc/etcd/etcd.conf.yml /etc/systemd/system/etcd-data.service /usr/local/sbin/kube-ec2-etcd-data /etc/kubernetes/pki/etcd-ca.crt /etc/kubernetes/pki/etcd-server.crt /etc/kubernetes/pki/etcd-server.key /etc/kubernetes/pki/etcd-peer.crt /etc/kubernetes/pki/etcd-peer.key /usr/local/bin/etcd
 wait_until 120 "etcd health" bash -c 'curl -fsS --max-time 5 --cacert /etc/kubernetes/pki/etcd-ca.crt --cert /etc/kubernetes/pki/apiserver-etcd-client.crt --key /etc/kubernetes/pki/apiserver-etcd-client.key https://127.0.0.1:2379/health | grep -q "\"health\":\"true\""'
