@@ -102,6 +102,19 @@ def test_the_clis_own_rules_come_first(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_set_json_stores_an_array_and_set_stores_text(tmp_path: Path) -> None:
+    """As `pulumi config set --json` and plain `pulumi config set`: only the first makes an array the CLI accepts."""
+    value = 'kube-ec2:adminCidrs=["81.2.69.160/28"]'
+    ok = run_cli("--stack", "dev", "--set-json", value, "--out", str(tmp_path / "ok"))
+    assert ok.returncode == 0, ok.stderr
+    assert "`81.2.69.160/28` (config:" in (tmp_path / "ok" / "SUMMARY.md").read_text()
+    text = run_cli("--stack", "dev", "--set", value, "--out", str(tmp_path / "text"))
+    assert text.returncode == 2
+    assert "Stack 'dev' with configuration key 'adminCidrs' must be of type 'array<string>'" in text.stderr
+    bad = run_cli("--stack", "dev", "--set-json", "kube-ec2:adminCidrs=[oops", "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "is not JSON" in bad.stderr
+
+
 def test_unknown_stack_lists_the_stacks(tmp_path: Path) -> None:
     result = run_cli("--stack", "staging", "--out", str(tmp_path / "out"))
     assert result.returncode == 2

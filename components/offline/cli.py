@@ -191,8 +191,13 @@ def load_stack(path: Path, project: Project) -> dict[str, StackValue]:
     stored: dict[str, StackValue] = {}
     for key, value in config.items():
         full_key = key if ":" in key else f"{project.name}:{key}"
-        stored[full_key] = value if isinstance(value, (list, dict)) else _scalar_text(value)
+        stored[full_key] = stored_value(value)
     return stored
+
+
+def stored_value(value: Any) -> StackValue:
+    """A YAML or JSON value as the CLI stores it: a list or map stays an object, a scalar becomes text."""
+    return value if isinstance(value, (list, dict)) else _scalar_text(value)
 
 
 def _scalar_text(value: Any) -> str:

@@ -404,16 +404,23 @@ def write_preview(run: offline.Run, settings: Settings, out: Path) -> Written:
     return Written(out, len(hosts), files + 1, len(run.mocks.resources), bootstrap.longest_chain(steps))
 
 
-def apply_overrides(config: dict[str, cli.StackValue], sets: Sequence[str]) -> dict[str, cli.StackValue]:
-    """`key=value` pairs over the stack's config, each text as `pulumi config set key value` stores it;
-    a bare key means `kube-ec2:<key>`."""
+def apply_overrides(config: dict[str, cli.StackValue], sets: Sequence[str], json_sets: Sequence[str] = ()) -> dict[str, cli.StackValue]:
+    """`key=value` pairs over the stack's config, stored as `pulumi config set key value` stores them
+    (text), or for --set-json as `pulumi config set --json` does (a list is an object); a bare key
+    means `kube-ec2:<key>`."""
     result = dict(config)
-    for item in sets:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--set {item!r}: expected key=value, e.g. {PROJECT}:minionCount=30")
-        key = key.strip()
-        result[key if ":" in key else f"{PROJECT}:{key}"] = value
+    for flag, items in (("--set", sets), ("--set-json", json_sets)):
+        for item in items:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"{flag} {item!r}: expected key=value, e.g. {PROJECT}:minionCount=30")
+            if flag == "--set-json":
+                try:
+                    value = cli.stored_value(json.loads(value))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{flag} {item!r}: {value!r} is not JSON ({err})") from None
+            key = key.strip()
+            result[key if ":" in key else f"{PROJECT}:{key}"] = value
     return result
 
 
@@ -432,12 +439,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help=f"override one config key, e.g. {PROJECT}:minionCount=30 (repeatable)",
     )
+    parser.add_argument(
+        "--set-json",
+        dest="json_sets",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help=f"override one config key with a JSON value, like pulumi config set --json, e.g. '{PROJECT}:adminCidrs=[\"10.0.0.0/8\"]'",
+    )
     args = parser.parse_args(argv)
     stacks = offline.list_stacks()
     if args.stack not in stacks:
         parser.error(f"unknown stack {args.stack!r}: no Pulumi.{args.stack}.yaml; stacks: {', '.join(stacks)}")
     try:
-        args.config = apply_overrides(offline.stack_config(args.stack), args.sets)
+        args.config = apply_overrides(offline.stack_config(args.stack), args.sets, args.json_sets)
     except ValueError as err:
         parser.error(str(err))
     return args
