@@ -245,20 +245,24 @@ class Driver:
             run.left_behind = left_behind(stack)
 
     def _destroy(self, stack: Stack, phase: Phase) -> None:
-        """Destroy; once more if that fails (AWS often refuses a delete while a dependent is still going)."""
-        for attempt in range(1, DESTROY_ATTEMPTS + 1):
-            try:
-                stack.destroy(on_event=phase.log, on_output=self.output, color="never")
-                break
-            except Exception as err:
-                if attempt == DESTROY_ATTEMPTS:
-                    raise
-                self.output(f"e2e: destroy attempt {attempt} failed, trying again: {_short(err, 3)}")
+        destroy(stack, phase.log, self.output)
         # Counted from the events: a failed attempt returns no summary, but what it deleted is gone.
         phase.changes = dict(Counter(s.op for s in phase.log.ops if s.status == "ok"))
         remaining = left_behind(stack)
         if remaining:
             raise CheckError(f"destroy finished but the state still holds {len(remaining)} resources")
+
+
+def destroy(stack: Stack, log: EventLog, output: Callable[[str], None]) -> None:
+    """Destroy; once more if that fails (AWS often refuses a delete while a dependent is still going)."""
+    for attempt in range(1, DESTROY_ATTEMPTS + 1):
+        try:
+            stack.destroy(on_event=log, on_output=output, color="never")
+            return
+        except Exception as err:
+            if attempt == DESTROY_ATTEMPTS:
+                raise
+            output(f"e2e: destroy attempt {attempt} failed, trying again: {_short(err, 3)}")
 
 
 def left_behind(stack: Stack) -> list[str]:

@@ -636,6 +636,28 @@ def test_the_entry_point_wires_the_driver_report_and_passphrase(tmp_path: Path, 
     assert made[0].calls[-1] == "remove_stack"
 
 
+@pytest.mark.parametrize(("faults", "left"), [(set(), []), ({"destroy-fails"}, [f"{VM} minion-1-instance id=id-minion-1-instance"])])
+def test_finish_destroys_what_an_interrupted_run_left(tmp_path: Path, faults: set[str], left: list[str]) -> None:
+    """A passphrase file still in the state names a stack a killed run left; finish destroys and removes it."""
+    from e2e import finish
+
+    (tmp_path / "e2e-killed.passphrase").write_text("secret")
+    (tmp_path / "unrelated.txt").write_text("")
+    stack = FakeStack("e2e-killed", FakeTime(), faults)
+    stack.set_config("kube-ec2:minionCount", SimpleNamespace(value="2"))
+    stack.set_config("kube-ec2:certValidityHours", SimpleNamespace(value="8760"))
+    stack.up(on_event=lambda _: None)
+    asked: list[tuple[str, str]] = []
+
+    def make_stack(name: str, passphrase: str) -> FakeStack:
+        asked.append((name, passphrase))
+        return stack
+
+    assert finish.finish_all(tmp_path, make_stack, output=lambda _: None) == {"e2e-killed": left}
+    assert asked == [("e2e-killed", "secret")]
+    assert stack.removed is (not left) and (tmp_path / "e2e-killed.passphrase").exists() is bool(left)
+
+
 # --- never from `make test`; the price table; CI; README --------------------------------------
 
 
@@ -703,6 +725,11 @@ def test_the_ci_workflow_is_manual_uses_oidc_and_stores_no_keys() -> None:
     assert not re.search(r"aws-access-key-id|aws-secret-access-key|AWS_SECRET_ACCESS_KEY", text)
     runs = "\n".join(str(s.get("run", "")) for s in steps)
     assert "get.pulumi.com" in runs and "make e2e" in runs
+    e2e_step = next(s for s in steps if "make e2e" in str(s.get("run", "")))
+    finish_step = next(s for s in steps if "-m e2e.finish" in str(s.get("run", "")))
+    # A step timeout (not only the job's) leaves time for the finish step, which runs whatever happened.
+    assert e2e_step["timeout-minutes"] < workflow["jobs"]["e2e"]["timeout-minutes"] and finish_step["if"] == "always()"
+    assert steps.index(finish_step) > steps.index(e2e_step)
     upload = [s for s in steps if str(s.get("uses", "")).startswith("actions/upload-artifact@")]
     assert upload and upload[0]["if"] == "always()" and "e2e/REPORT.md" in upload[0]["with"]["path"]
 
