@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from components import render
+from components import render, versions
 from components.render import DAEMONS, PKI_DIR, File
 from components.settings import HostPlan, Settings
 
@@ -44,6 +44,16 @@ class Step:
     """For steps on the master about a minion (drain): that minion, whose instance it must outlive."""
 
 
+CONTROL_PLANE_BINARY = "/usr/local/bin/kube-apiserver"
+"""Whose `--version` is the running control plane's version (the skew check reads it)."""
+CONTROL_PLANE = ("master-kube-apiserver", "master-kube-controller-manager", "master-kube-scheduler", "master-cluster-rbac")
+"""Upgraded and healthy before any minion is cordoned for a new kubelet."""
+UPGRADE_SLOTS = 1
+"""Minions out (cordoned) at once during an upgrade."""
+NODE_UPGRADE_BUDGET = 1200
+"""Seconds one minion may hold its upgrade slot before the others waiting for one give up."""
+
+
 def _script(template: str, settings: Settings, host: HostPlan, step: str, units: tuple[str, ...], **extra: Any) -> str:
     ctx = render.context(settings, host)
     return render.render(template, ctx, step=step, units=units, **extra)
@@ -63,10 +73,16 @@ def _daemon_step(
     files: dict[str, tuple[str, str]] = {}
     starts: list[tuple[str, list[str]]] = []
     units: list[str] = []
+    swaps: list[tuple[str, str]] = []
     for name in daemons:
         daemon = DAEMONS[name]
         own = render.daemon_files(settings, host, name)
         files.update(own)
+        swaps += [
+            (versions.staged_path(b.rsplit("/", 1)[1], settings.kubernetes_version), b)
+            for b in daemon.binaries
+            if b.rsplit("/", 1)[1] in versions.STAGED
+        ]
         configs = [f.path for f in daemon.files]
         inputs = list(own) + [f"{PKI_DIR}/{p}" for p in daemon.pki] + list(daemon.binaries)
         for unit in daemon.packaged_units:
@@ -83,7 +99,7 @@ def _daemon_step(
     for f in extra_files:
         files[f.path] = (f.mode, render.render_file(f, ctx))
     script = _script(
-        template, settings, host, step, tuple(units), daemons=daemons, files=files, starts=starts, **extra
+        template, settings, host, step, tuple(units), daemons=daemons, files=files, swaps=swaps, starts=starts, **extra
     )
     return Step(step, host.name, after, script)
 
@@ -91,12 +107,25 @@ def _daemon_step(
 def _first_steps(settings: Settings, host: HostPlan) -> list[Step]:
     """Every host starts the same way: wait for cloud-init (and sync what changed), then its keys."""
     n = host.name
+    is_master = host.role == "master"
     wait = _script(
         "steps/wait-cloud-init.sh.j2", settings, host, f"{n}-cloud-init", ("cloud-final.service",),
         hosts_file=render.hosts_file(settings), prepare=render.prepare_script(settings, host),
+        control_plane_binary=CONTROL_PLANE_BINARY if is_master else "",
     )
     keys = _script("steps/pki.sh.j2", settings, host, f"{n}-pki", ())
-    return [Step(f"{n}-cloud-init", n, (), wait), Step(f"{n}-pki", n, (f"{n}-cloud-init",), keys, wants_pki=True)]
+    # The master's cloud-init step checks the version skew before any host changes.
+    first = () if is_master else (f"{settings.master.name}-cloud-init",)
+    return [Step(f"{n}-cloud-init", n, first, wait), Step(f"{n}-pki", n, (f"{n}-cloud-init",), keys, wants_pki=True)]
+
+
+def _upgrade_step(settings: Settings, step: str, template: str, node: str, after: tuple[str, ...]) -> Step:
+    """A step on the master around one minion's kubelet step: cordon and drain, or uncordon."""
+    script = _script(
+        template, settings, settings.master, step, ("kube-apiserver.service",), node=node,
+        slots=UPGRADE_SLOTS, budget=NODE_UPGRADE_BUDGET,
+    )
+    return Step(step, settings.master.name, after, script)
 
 
 def plan(settings: Settings) -> tuple[Step, ...]:
@@ -140,9 +169,9 @@ def plan(settings: Settings) -> tuple[Step, ...]:
             *_first_steps(settings, h),
             _daemon_step(settings, h, f"{n}-flanneld", "steps/flanneld.sh.j2", ("flanneld",), (f"{n}-pki", "master-flannel-network")),
             _daemon_step(settings, h, f"{n}-docker", "steps/docker.sh.j2", ("docker",), (f"{n}-flanneld",)),
+            _upgrade_step(settings, f"{n}-cordon", "steps/cordon.sh.j2", n, CONTROL_PLANE),
             _daemon_step(
-                settings, h, f"{n}-kubelet", "steps/kubelet.sh.j2", ("kubelet", "kube-proxy"),
-                (f"{n}-docker", "master-kube-apiserver", "master-cluster-rbac"),
+                settings, h, f"{n}-kubelet", "steps/kubelet.sh.j2", ("kubelet", "kube-proxy"), (f"{n}-docker", f"{n}-cordon"),
             ),
             Step(
                 f"{n}-ready",
@@ -151,6 +180,7 @@ def plan(settings: Settings) -> tuple[Step, ...]:
                 _script("steps/node-ready.sh.j2", settings, h, f"{n}-ready",
                         ("kubelet.service", "kube-proxy.service", "cri-docker.service", "docker.service", "flanneld.service")),
             ),
+            _upgrade_step(settings, f"{n}-uncordon", "steps/uncordon.sh.j2", n, (f"{n}-ready",)),
             Step(
                 f"{n}-drain",
                 m.name,
@@ -160,7 +190,7 @@ def plan(settings: Settings) -> tuple[Step, ...]:
                 about_host=n,
             ),
         ]
-        ready.append(f"{n}-ready")
+        ready.append(f"{n}-uncordon")
     ctx = render.context(settings, m)
     steps += [
         Step(

@@ -16,6 +16,21 @@ KUBERNETES_BINARIES = {
     "master": ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"),
     "minion": ("kubelet", "kube-proxy"),
 }
+# Daemon binaries are staged, one directory per version, by the host's preparation; each daemon's
+# remote step swaps its binary in, so an upgrade reaches a daemon only in the step graph's order
+# (control plane before any kubelet), never when cloud-init re-runs the preparation.
+STAGED = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy")
+STAGE_DIR = "/opt/kube-ec2/kubernetes"
+
+
+def staged_path(binary: str, kubernetes_version: str) -> str:
+    """Where the preparation leaves a verified daemon binary of one Kubernetes version."""
+    return f"{STAGE_DIR}/{kubernetes_version}/{binary}"
+
+
+def install_path(binary: str, kubernetes_version: str) -> str:
+    """Where the preparation installs a Kubernetes binary: staged for daemons, in place for kubectl."""
+    return staged_path(binary, kubernetes_version) if binary in STAGED else f"/usr/local/bin/{binary}"
 # Archives and binaries from other projects, by role (order is download order).
 OTHER_COMPONENTS = {
     "master": ("etcd", "flannel", "flannel_cni"),
@@ -79,7 +94,7 @@ def downloads(role: str, kubernetes_version: str) -> tuple[Download, ...]:
             version=kubernetes_version,
             url=k8s["url"].format(version=kubernetes_version, file=binary),
             sha256=pinned.get(binary),
-            files=(("", f"/usr/local/bin/{binary}"),),
+            files=(("", install_path(binary, kubernetes_version)),),
         )
         for binary in KUBERNETES_BINARIES[role]
     ]

@@ -48,9 +48,16 @@ def test_every_dependency_edge() -> None:
             ("master-flannel-network", f"{m}-flanneld"),
             (f"{m}-flanneld", f"{m}-docker"),
             (f"{m}-docker", f"{m}-kubelet"),
-            ("master-kube-apiserver", f"{m}-kubelet"),
+            # Upgrades: the control plane, then cordon and drain, swap, Ready, uncordon.
+            ("master-cloud-init", f"{m}-cloud-init"),
+            ("master-kube-apiserver", f"{m}-cordon"),
+            ("master-kube-controller-manager", f"{m}-cordon"),
+            ("master-kube-scheduler", f"{m}-cordon"),
+            ("master-cluster-rbac", f"{m}-cordon"),
+            (f"{m}-cordon", f"{m}-kubelet"),
             (f"{m}-kubelet", f"{m}-ready"),
-            (f"{m}-ready", "master-coredns"),
+            (f"{m}-ready", f"{m}-uncordon"),
+            (f"{m}-uncordon", "master-coredns"),
         } <= e
     assert ("master-coredns", "master-smoke-test") in e
     assert ("master-cluster-rbac", "master-coredns") in e
@@ -79,7 +86,7 @@ def test_no_minion_step_depends_on_another_minion() -> None:
 @pytest.mark.parametrize("count", ["1", "3", "100"])
 def test_longest_chain_does_not_grow_with_minions(count: str) -> None:
     chain = bootstrap.longest_chain(bootstrap.plan(dev_settings(minionCount=count)))
-    assert len(chain) == 11
+    assert len(chain) == 13
     assert chain[0] == "master-cloud-init" and chain[-1] == "master-smoke-test"
 
 
@@ -132,4 +139,6 @@ def test_scaling_up_leaves_existing_minion_steps_untouched_but_hosts_file() -> N
     changed = {n for n in three if three[n] != four[n]}
     # Only /etc/hosts (in each cloud-init step) and the smoke test's replica count change.
     assert changed == {f"{h}-cloud-init" for h in ("master", "minion-0", "minion-1", "minion-2")} | {"master-smoke-test"}
-    assert set(four) - set(three) == {f"minion-3-{s}" for s in ("cloud-init", "pki", "flanneld", "docker", "kubelet", "ready", "drain")}
+    assert set(four) - set(three) == {
+        f"minion-3-{s}" for s in ("cloud-init", "pki", "flanneld", "docker", "cordon", "kubelet", "ready", "uncordon", "drain")
+    }

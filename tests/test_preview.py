@@ -79,11 +79,11 @@ def test_dev_matches_golden(dev_preview: Path) -> None:
 def test_dev_layout(dev_preview: Path) -> None:
     assert sorted(p.name for p in dev_preview.iterdir() if p.is_dir()) == ["master", "minion-0", "minion-1", "minion-2"]
     master_steps = sorted(p.name for p in (dev_preview / "master" / "steps").iterdir())
-    assert master_steps[0] == "01-master-cloud-init.sh" and "10-minion-0-drain.delete.sh" in master_steps
+    assert master_steps[0] == "01-master-cloud-init.sh" and "12-minion-0-drain.delete.sh" in master_steps
     assert (dev_preview / "minion-0" / "files" / "etc" / "systemd" / "system" / "kubelet.service").is_file()
     assert (dev_preview / "master" / "files" / "etc" / "hosts").read_text().count("10.240.0.") == 4
     summary = (dev_preview / "SUMMARY.md").read_text()
-    for needle in ("```mermaid", "flowchart", "Longest chain (11 steps)", "`sshPrivateKey` | [secret]", "`kubeconfig` | [secret]"):
+    for needle in ("```mermaid", "flowchart", "Longest chain (13 steps)", "`sshPrivateKey` | [secret]", "`kubeconfig` | [secret]"):
         assert needle in summary
 
 

@@ -32,8 +32,9 @@ def test_resource_counts(stack: offline.Run) -> None:
         "aws:ec2/keyPair:KeyPair": 1,
         INSTANCE: 1 + minions,
         "aws:ec2/eip:Eip": 1,
-        # master: 9 steps; per minion: cloud-init, pki, flanneld, docker, kubelet, ready, drain; then coredns, smoke test.
-        COMMAND: 9 + 7 * minions + 2,
+        # master: 9 steps; per minion: cloud-init, pki, flanneld, docker, cordon, kubelet, ready, uncordon, drain;
+        # then coredns, smoke test.
+        COMMAND: 9 + 9 * minions + 2,
         "tls:index/selfSignedCert:SelfSignedCert": 3,
         "tls:index/locallySignedCert:LocallySignedCert": 11 + minions,
     }
@@ -215,7 +216,9 @@ def test_scaling_adds_and_removes_exactly_one_minions_resources() -> None:
     three, four = names("3"), names("4")
     added = four - three
     assert three - four == set()
-    steps = {f"minion-3-{s}" for s in ("cloud-init", "pki", "flanneld", "docker", "kubelet", "ready", "drain")}
+    steps = {
+        f"minion-3-{s}" for s in ("cloud-init", "pki", "flanneld", "docker", "cordon", "kubelet", "ready", "uncordon", "drain")
+    }
     pki = {f"pki-kubelet-minion-3{suffix}" for suffix in ("", "-key", "-csr")}
     assert added == {"minion-3", "minion-3-instance", *steps, *pki}
 

@@ -92,7 +92,7 @@ def test_unknown_version_is_checked_upstream_only_when_allowed() -> None:
     s = stacks()["upstream"]
     script = render.prepare_script(s, s.minions[0])
     url = "https://dl.k8s.io/release/v1.36.0/bin/linux/amd64/kubelet"
-    assert f"install_binary kubelet 1.36.0 {url} upstream /usr/local/bin/kubelet" in script
+    assert f"install_binary kubelet 1.36.0 {url} upstream /opt/kube-ec2/kubernetes/1.36.0/kubelet" in script
 
 
 def test_strict_undefined() -> None:

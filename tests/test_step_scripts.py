@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components import bootstrap, render
+from components import bootstrap, render, versions
 from components.pki import make_bundle
 from components.render import MARKER, PKI_DIR
 from tests.conftest import dev_settings
@@ -195,12 +195,19 @@ def kubelet_files() -> dict[str, tuple[str, str]]:
     return {**render.daemon_files(SETTINGS, MINION, "kubelet"), **render.daemon_files(SETTINGS, MINION, "kube-proxy")}
 
 
+def stage_binary(box: Sandbox, name: str, version: str = "v1", kubernetes_version: str = SETTINGS.kubernetes_version) -> str:
+    """A placeholder daemon binary where the host's preparation stages it (the daemon step swaps it in)."""
+    path = versions.staged_path(name, kubernetes_version)
+    box.write(path, f"#!/bin/sh\n# fake {name} {version}\nexit 0\n", 0o755)
+    return path
+
+
 def prepare_minion(box: Sandbox) -> None:
     """What the host holds before the kubelet step: the PKI files and the downloaded binaries."""
     for name, content in minion_pki().items():
         box.write(f"{PKI_DIR}/{name}", content, 0o600)
-    box.fake_binary("kubelet")
-    box.fake_binary("kube-proxy")
+    stage_binary(box, "kubelet")
+    stage_binary(box, "kube-proxy")
 
 
 def test_daemon_step_writes_files_starts_units_and_a_second_run_changes_nothing(box: Sandbox) -> None:
@@ -253,11 +260,12 @@ def test_daemon_step_restarts_exactly_the_units_whose_inputs_changed(box: Sandbo
     assert (result.restarted(), result.wrote()) == (["kubelet.service"], [])
     assert "kube-proxy.service: unchanged and running" in result.stderr
 
-    # A new kube-proxy binary (a version upgrade by the preparation): kube-proxy only.
-    box.fake_binary("kube-proxy", "v2")
+    # A new kube-proxy binary staged (what a re-run preparation leaves): swapped in, kube-proxy only.
+    stage_binary(box, "kube-proxy", "v2")
     result = box.run(script)
     assert result.returncode == 0, result.explain()
     assert result.restarted() == ["kube-proxy.service"]
+    assert "# fake kube-proxy v2" in box.read("/usr/local/bin/kube-proxy")
 
     # A changed template (new rendered content in the script): the file is rewritten and only
     # the daemon reading it restarts.
@@ -305,8 +313,9 @@ def test_daemon_step_failed_restart_prints_journals_and_is_retried_next_run(box:
 
 def test_daemon_step_fails_when_an_input_is_missing(box: Sandbox) -> None:
     prepare_minion(box)
-    box.path("/usr/local/bin/kube-proxy").unlink()
+    box.path(versions.staged_path("kube-proxy", SETTINGS.kubernetes_version)).unlink()
     result = box.run(step(KUBELET_STEP).script)
+    assert f"{versions.staged_path('kube-proxy', SETTINGS.kubernetes_version)} is missing" in result.stderr
     assert_failed_with_journals(result, KUBELET_UNITS)
     assert "kube-proxy.service" not in result.restarted()
 
@@ -318,7 +327,7 @@ def test_apiserver_step_writes_the_encryption_config_0600_with_the_key_and_never
         if name != "encryption-config.yaml":
             box.write(f"{PKI_DIR}/{name}", f"dummy {name}\n", 0o600)
     box.write(f"{PKI_DIR}/encryption.key", key + "\n", 0o600)
-    box.fake_binary("kube-apiserver")
+    stage_binary(box, "kube-apiserver")
     script = step("master-kube-apiserver").script
 
     first = box.run(script)

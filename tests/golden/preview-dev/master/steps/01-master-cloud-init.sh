@@ -80,6 +80,39 @@ step_debug() {
   tail -n 60 "$PREPARE_LOG" 2>/dev/null || true
 }
 
+# Before any host changes (every other host's cloud-init step waits for this one): refuse what
+# Kubernetes' version skew policy forbids. The running version is that of the control plane's
+# binary in place (the kube-apiserver step swaps a new one in); a new master has none yet.
+check_skew() { # BINARY TARGET
+  local binary=$1 target=$2 running r t
+  if [[ ! -f $binary ]]; then
+    log "no control plane installed yet: this is Kubernetes $target"
+    return 0
+  fi
+  running=$(timeout 60 "$binary" --version | sed -n 's/^Kubernetes v\([0-9]*\.[0-9]*\.[0-9]*\).*/\1/p')
+  if [[ -z $running ]]; then
+    log "cannot read the running Kubernetes version from $binary --version"
+    return 1
+  fi
+  IFS=. read -ra r <<<"$running"
+  IFS=. read -ra t <<<"$target"
+  if [[ $running == "$target" ]]; then
+    log "the control plane runs Kubernetes $running: no version change"
+  elif ((t[0] != r[0])); then
+    log "refused: kubernetesVersion $target changes the major version of the running control plane ($running)"
+    return 1
+  elif ((t[1] < r[1] || (t[1] == r[1] && t[2] < r[2]))); then
+    log "refused: kubernetesVersion $target is older than the running control plane ($running); Kubernetes does not support downgrades. Set kubernetesVersion back to $running. Nothing was changed."
+    return 1
+  elif ((t[1] > r[1] + 1)); then
+    log "refused: kubernetesVersion $target skips a minor version (the control plane runs $running); upgrade one minor version at a time, to a ${r[0]}.$((r[1] + 1)).x release first. Nothing was changed."
+    return 1
+  else
+    log "upgrade from Kubernetes $running to $target: the control plane first, then the minions (cordon, drain, swap, uncordon)"
+  fi
+}
+check_skew /usr/local/bin/kube-apiserver 1.35.1
+
 # cloud-init status --wait exit codes: 0 = done; 2 = done with recoverable errors (a deprecated
 # key, a package mirror hiccup); 1 = a module failed, which is what a failed first-boot preparation
 # (our runcmd) looks like, and cloud-init never runs it again. Once cloud-init is done, our own
@@ -164,9 +197,9 @@ install_archive() {
   rm -rf "$tmp"
 }
 
-install_binary kube-apiserver 1.35.1 https://dl.k8s.io/release/v1.35.1/bin/linux/amd64/kube-apiserver upstream /usr/local/bin/kube-apiserver
-install_binary kube-controller-manager 1.35.1 https://dl.k8s.io/release/v1.35.1/bin/linux/amd64/kube-controller-manager upstream /usr/local/bin/kube-controller-manager
-install_binary kube-scheduler 1.35.1 https://dl.k8s.io/release/v1.35.1/bin/linux/amd64/kube-scheduler upstream /usr/local/bin/kube-scheduler
+install_binary kube-apiserver 1.35.1 https://dl.k8s.io/release/v1.35.1/bin/linux/amd64/kube-apiserver upstream /opt/kube-ec2/kubernetes/1.35.1/kube-apiserver
+install_binary kube-controller-manager 1.35.1 https://dl.k8s.io/release/v1.35.1/bin/linux/amd64/kube-controller-manager upstream /opt/kube-ec2/kubernetes/1.35.1/kube-controller-manager
+install_binary kube-scheduler 1.35.1 https://dl.k8s.io/release/v1.35.1/bin/linux/amd64/kube-scheduler upstream /opt/kube-ec2/kubernetes/1.35.1/kube-scheduler
 install_binary kubectl 1.35.1 https://dl.k8s.io/release/v1.35.1/bin/linux/amd64/kubectl 36e2f4ac66259232341dd7866952d64a958846470f6a9a6a813b9117bd965207 /usr/local/bin/kubectl
 install_archive etcd 3.6.14 https://github.com/etcd-io/etcd/releases/download/v3.6.14/etcd-v3.6.14-linux-amd64.tar.gz ffe840ff9295808e88cce2794a18a5ac87f12a5203c8314d0bf6aa119b41bac5 etcd-v3.6.14-linux-amd64/etcd=/usr/local/bin/etcd etcd-v3.6.14-linux-amd64/etcdctl=/usr/local/bin/etcdctl etcd-v3.6.14-linux-amd64/etcdutl=/usr/local/bin/etcdutl
 install_binary flannel 0.27.4 https://github.com/flannel-io/flannel/releases/download/v0.27.4/flanneld-amd64 fc1233aac3ad2707d14c9ae42016b5402753f755f0d07cc5c41dc4190e95d299 /usr/local/bin/flanneld

@@ -187,6 +187,22 @@ KUBE_EC2_EOF
 awk -v keyfile=/etc/kubernetes/pki/encryption.key 'BEGIN { getline key < keyfile } { gsub("__ENCRYPTION_KEY__", key); print }' \
   /etc/kubernetes/encryption-config.yaml.tmpl | put_file /etc/kubernetes/pki/encryption-config.yaml 0600
 install -d -m 0700 /var/log/kubernetes
+# swap_binary STAGED DEST: put in place the daemon binary the host's preparation staged (and
+# verified) for this version, when DEST differs; ensure_started then restarts the daemon. The
+# staged path names the version, so a new kubernetesVersion changes this step and re-runs it.
+swap_binary() {
+  local staged=$1 dest=$2
+  if [[ ! -f $staged ]]; then
+    log "$staged is missing: the cloud-init step did not stage this version"
+    return 1
+  fi
+  cmp -s "$staged" "$dest" && return 0
+  # A new file renamed over the old one: a running binary is never written in place.
+  install -m 0755 -o root -g root "$staged" "$dest.kube-ec2-new"
+  mv -f "$dest.kube-ec2-new" "$dest"
+  log "swapped in $dest from $staged"
+}
+swap_binary /opt/kube-ec2/kubernetes/1.35.1/kube-apiserver /usr/local/bin/kube-apiserver
 
 ensure_started kube-apiserver.service /etc/systemd/system/kube-apiserver.service /etc/kubernetes/audit-policy.yaml /etc/kubernetes/encryption-config.yaml.tmpl /etc/kubernetes/pki/ca.crt /etc/kubernetes/pki/etcd-ca.crt /etc/kubernetes/pki/apiserver.crt /etc/kubernetes/pki/apiserver.key /etc/kubernetes/pki/apiserver-etcd-client.crt /etc/kubernetes/pki/apiserver-etcd-client.key /etc/kubernetes/pki/apiserver-kubelet-client.crt /etc/kubernetes/pki/apiserver-kubelet-client.key /etc/kubernetes/pki/service-account.key /etc/kubernetes/pki/service-account.pub /etc/kubernetes/pki/encryption-config.yaml /etc/kubernetes/pki/front-proxy-ca.crt /etc/kubernetes/pki/front-proxy-client.crt /etc/kubernetes/pki/front-proxy-client.key /usr/local/bin/kube-apiserver
 wait_until 180 "kube-apiserver readyz" curl -fsS --max-time 5 --cacert /etc/kubernetes/pki/ca.crt --cert /etc/kubernetes/pki/admin.crt --key /etc/kubernetes/pki/admin.key https://127.0.0.1:6443/readyz

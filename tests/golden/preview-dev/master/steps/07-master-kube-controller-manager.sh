@@ -120,6 +120,22 @@ contexts:
       user: controller-manager
 current-context: default
 KUBE_EC2_EOF
+# swap_binary STAGED DEST: put in place the daemon binary the host's preparation staged (and
+# verified) for this version, when DEST differs; ensure_started then restarts the daemon. The
+# staged path names the version, so a new kubernetesVersion changes this step and re-runs it.
+swap_binary() {
+  local staged=$1 dest=$2
+  if [[ ! -f $staged ]]; then
+    log "$staged is missing: the cloud-init step did not stage this version"
+    return 1
+  fi
+  cmp -s "$staged" "$dest" && return 0
+  # A new file renamed over the old one: a running binary is never written in place.
+  install -m 0755 -o root -g root "$staged" "$dest.kube-ec2-new"
+  mv -f "$dest.kube-ec2-new" "$dest"
+  log "swapped in $dest from $staged"
+}
+swap_binary /opt/kube-ec2/kubernetes/1.35.1/kube-controller-manager /usr/local/bin/kube-controller-manager
 
 ensure_started kube-controller-manager.service /etc/systemd/system/kube-controller-manager.service /etc/kubernetes/controller-manager.kubeconfig /etc/kubernetes/pki/ca.crt /etc/kubernetes/pki/controller-manager.crt /etc/kubernetes/pki/controller-manager.key /etc/kubernetes/pki/service-account.key /usr/local/bin/kube-controller-manager
 # Bound to 127.0.0.1 with an in-memory self-signed serving certificate, hence -k for this local probe.

@@ -189,6 +189,23 @@ contexts:
       user: kube-proxy
 current-context: default
 KUBE_EC2_EOF
+# swap_binary STAGED DEST: put in place the daemon binary the host's preparation staged (and
+# verified) for this version, when DEST differs; ensure_started then restarts the daemon. The
+# staged path names the version, so a new kubernetesVersion changes this step and re-runs it.
+swap_binary() {
+  local staged=$1 dest=$2
+  if [[ ! -f $staged ]]; then
+    log "$staged is missing: the cloud-init step did not stage this version"
+    return 1
+  fi
+  cmp -s "$staged" "$dest" && return 0
+  # A new file renamed over the old one: a running binary is never written in place.
+  install -m 0755 -o root -g root "$staged" "$dest.kube-ec2-new"
+  mv -f "$dest.kube-ec2-new" "$dest"
+  log "swapped in $dest from $staged"
+}
+swap_binary /opt/kube-ec2/kubernetes/1.35.1/kubelet /usr/local/bin/kubelet
+swap_binary /opt/kube-ec2/kubernetes/1.35.1/kube-proxy /usr/local/bin/kube-proxy
 
 ensure_started kubelet.service /etc/systemd/system/kubelet.service /var/lib/kubelet/config.yaml /etc/kubernetes/kubelet.kubeconfig /etc/kubernetes/pki/ca.crt /etc/kubernetes/pki/kubelet.crt /etc/kubernetes/pki/kubelet.key /usr/local/bin/kubelet
 ensure_started kube-proxy.service /etc/systemd/system/kube-proxy.service /var/lib/kube-proxy/config.yaml /etc/kubernetes/kube-proxy.kubeconfig /etc/kubernetes/pki/ca.crt /etc/kubernetes/pki/kube-proxy.crt /etc/kubernetes/pki/kube-proxy.key /usr/local/bin/kube-proxy
