@@ -18,7 +18,7 @@ import yaml
 
 from components import offline
 from components.offline import cli
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_stack
 
 PULUMI_YAML = ROOT / "Pulumi.yaml"
 REPO_STACKS = sorted(p.name for p in ROOT.glob("Pulumi.*.yaml"))
@@ -49,8 +49,8 @@ def readme_stack(tmp_path: Path) -> Path:
 # --- every stack passes
 
 
-def test_the_repo_has_the_stacks_we_expect() -> None:
-    assert REPO_STACKS == ["Pulumi.dev.yaml", "Pulumi.prod.yaml"]
+def test_the_stack_files_are_found() -> None:
+    assert {"Pulumi.dev.yaml", "Pulumi.prod.yaml"} <= set(REPO_STACKS)
 
 
 @pytest.mark.parametrize("stack_file", REPO_STACKS)
@@ -58,8 +58,9 @@ def test_every_stack_file_passes_the_cli_rules(stack_file: str) -> None:
     project = cli.load_project(PULUMI_YAML)
     stack = stack_file.removeprefix("Pulumi.").removesuffix(".yaml")
     merged = cli.merge_config(stack, project, cli.load_stack(ROOT / stack_file, project))
-    # every declared key reaches the program, the defaults included
+    # every declared key reaches the program, the defaults included, and the program accepts the stack
     assert {f"kube-ec2:{key}" for key in project.config} <= set(merged)
+    assert run_stack(stack).cluster.settings.stack == stack
 
 
 def test_a_new_stack_made_the_readme_way_passes_and_the_program_runs(tmp_path: Path) -> None:
