@@ -16,6 +16,7 @@ with the catalogue's note on why it is equivalent or which test is missing.
 
     python tools/mutate.py --check                  # catalogue in sync with the code? (seconds)
     python tools/mutate.py --only apiserver-anonymous-auth kubelet-read-only-port
+    python tools/mutate.py --only docker-mtu-1500 --tests tests/test_semantics.py   # does this file see it?
     python tools/mutate.py --report docs/mutation-report.md
 """
 
@@ -155,7 +156,7 @@ def first_failure(output: str) -> str:
     return output.strip().splitlines()[-1] if output.strip() else "pytest failed without output"
 
 
-def run_one(repo: Path, root: Path, m: Mutation, timeout: float) -> Outcome:
+def run_one(repo: Path, root: Path, m: Mutation, timeout: float, tests: list[str] | None = None) -> Outcome:
     started = time.monotonic()
     target = repo / m.file
     original = target.read_text()
@@ -164,7 +165,7 @@ def run_one(repo: Path, root: Path, m: Mutation, timeout: float) -> Outcome:
         rc, out = pytest(repo, ["-k", "golden", *GOLDEN_TESTS], timeout, golden=True)
         if rc not in (0, 5):  # 5: no golden test selected
             return Outcome(m, True, f"{first_failure(out)} (while regenerating goldens)", time.monotonic() - started)
-        rc, out = pytest(repo, test_files(repo), timeout)
+        rc, out = pytest(repo, tests or test_files(repo), timeout)
         return Outcome(m, rc != 0, first_failure(out) if rc != 0 else "", time.monotonic() - started)
     finally:
         target.write_text(original)
@@ -210,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", type=Path, help="write the Markdown report here")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per pytest run (a timeout kills the mutant)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the unmutated run that must pass first")
+    parser.add_argument("--tests", nargs="+", metavar="TEST", help="run only these tests (files or node ids), not the suite")
     args = parser.parse_args(argv)
 
     mutations = load(args.catalogue)
@@ -232,14 +234,14 @@ def main(argv: list[str] | None = None) -> int:
     repo = scratch_copy(ROOT)
     try:
         if not args.no_baseline:
-            rc, out = pytest(repo, test_files(repo), args.timeout)
+            rc, out = pytest(repo, args.tests or test_files(repo), args.timeout)
             if rc != 0:
                 print(f"the unmutated suite fails in the scratch copy: {first_failure(out)}", file=sys.stderr)
                 return 2
             print(f"baseline green in {time.monotonic() - started:.0f}s", flush=True)
         outcomes = []
         for i, m in enumerate(mutations, 1):
-            outcome = run_one(repo, ROOT, m, args.timeout)
+            outcome = run_one(repo, ROOT, m, args.timeout, args.tests)
             outcomes.append(outcome)
             verdict = f"killed by {outcome.by}" if outcome.killed else "SURVIVED"
             print(f"[{i}/{len(mutations)}] {m.id}: {verdict} ({outcome.seconds:.0f}s)", flush=True)
