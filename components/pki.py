@@ -53,7 +53,6 @@ def cert_specs(settings: Settings) -> list[CertSpec]:
     """Every leaf certificate of the cluster (pure)."""
     m = settings.master
     minions = tuple(h.name for h in settings.minions)
-    everyone = (m.name, *minions)
     api_dns = (
         "kubernetes",
         "kubernetes.default",
@@ -66,7 +65,6 @@ def cert_specs(settings: Settings) -> list[CertSpec]:
         CertSpec("etcd-server", "etcd", m.name, None, BOTH, (m.name,), (m.name, "localhost"), (m.private_ip, "127.0.0.1")),
         CertSpec("etcd-peer", "etcd", m.name, None, BOTH, (m.name,), (m.name, "localhost"), (m.private_ip, "127.0.0.1")),
         CertSpec("apiserver-etcd-client", "etcd", "kube-apiserver", None, CLIENT, (m.name,)),
-        CertSpec("flannel-etcd", "etcd", "flannel", None, CLIENT, everyone),
         CertSpec(
             "apiserver", "cluster", "kube-apiserver", None, SERVER, (m.name,), api_dns,
             (settings.api_service_ip, m.private_ip, MASTER_PUBLIC_IP, "127.0.0.1"),
@@ -78,6 +76,10 @@ def cert_specs(settings: Settings) -> list[CertSpec]:
         CertSpec("front-proxy-client", "front-proxy", "front-proxy-client", None, CLIENT, (m.name,)),
         CertSpec("kube-proxy", "cluster", "system:kube-proxy", "system:node-proxier", CLIENT, minions),
     ]
+    # Each host's flanneld is its own etcd user (RBAC in the flannel-network step): a stolen key
+    # is one host's, and removing a host deletes its user.
+    for h in settings.hosts:
+        specs.append(CertSpec(f"flannel-etcd-{h.name}", "etcd", f"flannel-{h.name}", None, CLIENT, (h.name,)))
     for h in settings.minions:
         specs.append(
             CertSpec(f"kubelet-{h.name}", "cluster", f"system:node:{h.name}", "system:nodes", BOTH, (h.name,), (h.name,), (h.private_ip,))
@@ -86,8 +88,11 @@ def cert_specs(settings: Settings) -> list[CertSpec]:
 
 
 def host_file_name(spec_file: str, host: HostPlan) -> str:
-    """On a minion its own kubelet certificate is simply `kubelet`."""
-    return "kubelet" if spec_file == f"kubelet-{host.name}" else spec_file
+    """On a host its own per-host certificates drop the host name: `kubelet`, `flannel-etcd`."""
+    for base in ("kubelet", "flannel-etcd"):
+        if spec_file == f"{base}-{host.name}":
+            return base
+    return spec_file
 
 
 def make_bundle(files: dict[str, str]) -> str:

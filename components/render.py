@@ -21,7 +21,7 @@ from typing import Any
 import jinja2
 import yaml
 
-from components import versions
+from components import etcd_fence, versions
 from components.settings import FLANNEL_SUBNET_LEN, HostPlan, Settings
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "cloudinit"
@@ -208,6 +208,9 @@ def context(settings: Settings, host: HostPlan) -> dict[str, Any]:
         "minion_names": [m.name for m in settings.minions],
         "flannel_subnet_len": FLANNEL_SUBNET_LEN,
         "flannel_prefix": FLANNEL_PREFIX,
+        "flannel_grants": etcd_fence.flannel_grants(FLANNEL_PREFIX),
+        "fence_probes": etcd_fence.probes(FLANNEL_PREFIX),
+        "fence_watch_seconds": etcd_fence.WATCH_SECONDS,
         "etcd_endpoint": f"https://{settings.master.private_ip}:2379",
         "api_internal": f"https://{settings.master.private_ip}:6443",
         "api_local": "https://127.0.0.1:6443",

@@ -120,7 +120,7 @@ def issue_leaf(
 
 
 def etcd_pki_files(settings: Settings | None = None) -> dict[str, str]:
-    """{file name: PEM} of the etcd CA, server, peer, apiserver and flannel identities."""
+    """{file name: PEM} of the etcd CA, server, peer, apiserver and flannel identities (the master's as on the host)."""
     s = settings or dev_settings()
     m = s.master
     ca = issue_ca(f"{s.cluster_name} etcd CA")
@@ -129,7 +129,12 @@ def etcd_pki_files(settings: Settings | None = None) -> dict[str, str]:
         "etcd-server": issue_leaf(ca, m.name, BOTH_USES, **names),
         "etcd-peer": issue_leaf(ca, m.name, BOTH_USES, **names),
         "apiserver-etcd-client": issue_leaf(ca, "kube-apiserver", CLIENT_USES),
-        "flannel-etcd": issue_leaf(ca, "flannel", CLIENT_USES),
+        "flannel-etcd": issue_leaf(ca, f"flannel-{m.name}", CLIENT_USES),
+        # Another host's flanneld (the step makes a user for every host), and a removed host's.
+        "flannel-etcd-minion-0": issue_leaf(ca, "flannel-minion-0", CLIENT_USES),
+        "flannel-etcd-gone": issue_leaf(ca, "flannel-minion-99", CLIENT_USES),
+        # The identity every host shared before each got its own.
+        "flannel-etcd-shared": issue_leaf(ca, "flannel", CLIENT_USES),
     }
     files = {"etcd-ca.crt": ca[0]}
     for name, (cert, key) in leaves.items():

@@ -137,8 +137,10 @@ def test_scaling_up_leaves_existing_minion_steps_untouched_but_hosts_file() -> N
     three = {s.name: s.script for s in bootstrap.plan(dev_settings(minionCount="3"))}
     four = {s.name: s.script for s in bootstrap.plan(dev_settings(minionCount="4"))}
     changed = {n for n in three if three[n] != four[n]}
-    # Only /etc/hosts (in each cloud-init step) and the smoke test's replica count change.
-    assert changed == {f"{h}-cloud-init" for h in ("master", "minion-0", "minion-1", "minion-2")} | {"master-smoke-test"}
+    # Only /etc/hosts (in each cloud-init step), the smoke test's replica count and the etcd users
+    # (the new minion's flannel identity) change.
+    hosts_file = {f"{h}-cloud-init" for h in ("master", "minion-0", "minion-1", "minion-2")}
+    assert changed == hosts_file | {"master-smoke-test", "master-flannel-network"}
     assert set(four) - set(three) == {
         f"minion-3-{s}" for s in ("cloud-init", "pki", "flanneld", "docker", "cordon", "kubelet", "ready", "uncordon", "drain")
     }

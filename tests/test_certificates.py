@@ -29,7 +29,7 @@ EXPECTED = {
     "etcd-server": ("etcd", "master", [], BOTH),
     "etcd-peer": ("etcd", "master", [], BOTH),
     "apiserver-etcd-client": ("etcd", "kube-apiserver", [], CLIENT),
-    "flannel-etcd": ("etcd", "flannel", [], CLIENT),
+    **{f"flannel-etcd-{h}": ("etcd", f"flannel-{h}", [], CLIENT) for h in ("master", "minion-0", "minion-1", "minion-2")},
     "apiserver": ("cluster", "kube-apiserver", [], SERVER),
     "apiserver-kubelet-client": ("cluster", "kube-apiserver-kubelet-client", [], CLIENT),
     "controller-manager": ("cluster", "system:kube-controller-manager", [], CLIENT),

@@ -55,9 +55,29 @@ def etcd(request: pytest.FixtureRequest) -> Iterator[RealEtcd]:
         yield running
 
 
+# The previous design's etcd state: one identity `flannel` shared by every host, with read-write on
+# the whole prefix; and the user of a minion since removed. The step must take both away.
+LEGACY = (
+    ("role", "add", "flannel"),
+    ("role", "grant-permission", "flannel", "--prefix=true", "readwrite", f"{FLANNEL_PREFIX}/"),
+    ("user", "add", "flannel", "--no-password"),
+    ("user", "grant-role", "flannel", "flannel"),
+    ("user", "add", "flannel-minion-99", "--no-password"),
+    ("user", "grant-role", "flannel-minion-99", "flannel"),
+)
+# What each test etcd lets flannel's identity do that a fixed one refuses (the probe's names).
+# Both predate the nested-txn, Watch-from-key and maintenance-auth fixes.
+BYPASSES = {
+    "debian-3.4": ["nested-txn", "watch-from-key", "alarm"],
+    "upstream-3.5": ["nested-txn", "watch-from-key", "alarm"],
+}
+
+
 @pytest.fixture(scope="module")
 def flannel_network(etcd: RealEtcd) -> subprocess.CompletedProcess[str]:
-    """The rendered master-flannel-network step, run once against the running etcd."""
+    """The rendered master-flannel-network step, run once against the running etcd (legacy state first)."""
+    for args in LEGACY:
+        ok(etcd.etcdctl(*args))
     return etcd.run_script(step_script("master-flannel-network"))
 
 
@@ -120,58 +140,115 @@ def test_client_certificate_from_another_ca_is_refused(etcd: RealEtcd) -> None:
 # --- the flannel-network step
 
 
-def test_flannel_network_step_writes_config_and_fences_flannel(
+def fence_report(result: subprocess.CompletedProcess[str]) -> list[str]:
+    """The probe names the step said went through, in order."""
+    return re.findall(r"^\S+ master-flannel-network: fence broken: .*$", result.stderr, re.MULTILINE)
+
+
+def test_fence_probe_reports_each_bypass_of_this_etcd(
     etcd: RealEtcd, flannel_network: subprocess.CompletedProcess[str]
 ) -> None:
-    ok(flannel_network)
-    assert "etcd RBAC checked" in flannel_network.stderr
+    """Both test etcds predate the fixes: the step must fail and name what went through."""
+    assert flannel_network.returncode == 1, flannel_network.stderr
+    broken = fence_report(flannel_network)
+    expected = BYPASSES[etcd.release.name]
+    assert len(broken) == len(expected), broken
+    advisories = {"nested-txn": "GHSA-rfx7-8w68-q57q", "watch-from-key": "GHSA-xg4h-6gfc-h4m8", "alarm": "GHSA-q8m4-xhhv-38mg"}
+    for line, name in zip(broken, expected, strict=True):
+        assert advisories[name] in line, line
+    assert "nested transaction (GHSA-rfx7-8w68-q57q): grpc-status '0'" in flannel_network.stderr
+    assert f"{' '.join(expected)} went through; move to a release past these advisories" in flannel_network.stderr
+    # What the fixes are not needed for is refused here already: the plain get and the prev_kv put.
+    assert "plain get" not in "\n".join(broken) and "prev_kv" not in "\n".join(broken)
+    # The probe's NOSPACE alarm was cleared again, and nothing was written under /registry.
+    assert ok(etcd.etcdctl("alarm", "list")).strip() == ""
+    assert ok(etcd.etcdctl("get", "/registry/kube-ec2-fence-probe", "--print-value-only")).strip() == ""
+    assert "etcd RBAC checked" not in flannel_network.stderr
+
+
+def test_flannel_network_step_writes_config_and_each_host_gets_only_its_grants(
+    etcd: RealEtcd, flannel_network: subprocess.CompletedProcess[str]
+) -> None:
+    assert "wrote /coreos.com/network/config" in flannel_network.stderr
     local = json.loads(etcd.host_path("/etc/kube-ec2/flannel-net-conf.json").read_text())
     stored = json.loads(ok(etcd.etcdctl("get", f"{FLANNEL_PREFIX}/config", "--print-value-only", identity=FLANNEL)))
     assert stored == local
     assert stored["Network"] == "10.200.0.0/16" and stored["Backend"]["Type"] == "vxlan"
 
-    # What flanneld does under its prefix: a lease, and its subnet written with it.
-    lease = ok(etcd.etcdctl("lease", "grant", "60", identity=FLANNEL)).split()[1]
-    subnet = f"{FLANNEL_PREFIX}/subnets/10.200.7.0-24"
-    ok(etcd.etcdctl("put", f"--lease={lease}", subnet, '{"PublicIP":"10.240.0.11"}', identity=FLANNEL))
-    ok(etcd.etcdctl("lease", "revoke", lease, identity=FLANNEL))
-
-    # Everything outside the prefix (including look-alike keys) and all auth admin is denied.
-    for args in (
-        ("put", "/registry/x", "1"),
-        ("get", "/registry/kube-ec2-test"),
-        ("get", "/registry", "--prefix", "--keys-only"),
-        ("put", f"{FLANNEL_PREFIX}x", "1"),
-        ("auth", "disable"),
-        ("user", "add", "intruder", "--no-password"),
-        ("role", "grant-permission", "flannel", "readwrite", "/registry/"),
-    ):
-        refused(etcd.etcdctl(*args, identity=FLANNEL), "permission denied")
+    for host in (FLANNEL, "flannel-etcd-minion-0"):
+        # What flanneld 0.27 does (registry.go): create its lease with a txn, renew by put, list and
+        # watch the subnets range [<prefix>/subnets, <prefix>/subnett), read the config.
+        subnet = f"{FLANNEL_PREFIX}/subnets/10.200.{7 if host == FLANNEL else 8}.0-24"
+        lease = ok(etcd.etcdctl("lease", "grant", "60", identity=host)).split()[1]
+        ok(etcd.etcdctl("put", f"--lease={lease}", subnet, '{"PublicIP":"10.240.0.11"}', identity=host))
+        renewed = ok(etcd.etcdctl("lease", "grant", "60", identity=host)).split()[1]
+        ok(etcd.etcdctl("put", f"--lease={renewed}", subnet, '{"PublicIP":"10.240.0.11"}', identity=host))
+        listed = ok(etcd.etcdctl("get", f"{FLANNEL_PREFIX}/subnets", "--prefix", "--keys-only", identity=host))
+        assert subnet in listed.split()
+        ok(etcd.etcdctl("lease", "timetolive", renewed, identity=host))
+        ok(etcd.etcdctl("lease", "revoke", lease, identity=host))
+        ok(etcd.etcdctl("lease", "revoke", renewed, identity=host))
+        # No host may rewrite the network config or touch anything else.
+        for args in (
+            ("put", f"{FLANNEL_PREFIX}/config", "{}"),
+            ("put", "/registry/x", "1"),
+            ("get", "/registry/kube-ec2-test"),
+            ("get", "/registry", "--prefix", "--keys-only"),
+            ("get", f"{FLANNEL_PREFIX}/", "--prefix", "--keys-only"),
+            ("put", f"{FLANNEL_PREFIX}/other", "1"),
+            ("auth", "disable"),
+            ("user", "add", "intruder", "--no-password"),
+            ("role", "grant-permission", "flanneld", "readwrite", "/registry/"),
+        ):
+            refused(etcd.etcdctl(*args, identity=host), "permission denied")
 
     # The apiserver identity (root role) keeps full access once auth is on.
     ok(etcd.etcdctl("put", "/registry/x", "1", identity=APISERVER))
     assert ok(etcd.etcdctl("get", "/registry/x", "--print-value-only", identity=APISERVER)).strip() == "1"
-    assert "flannel" in ok(etcd.etcdctl("user", "list", identity=APISERVER)).split()
 
 
-def test_flannel_network_step_runs_again_cleanly(
+def test_watch_of_the_subnets_range_is_allowed_as_flanneld_makes_it(
     etcd: RealEtcd, flannel_network: subprocess.CompletedProcess[str]
 ) -> None:
-    ok(flannel_network)
+    """Watch(<prefix>/subnets, WithPrefix): the grant's range must cover it, or flanneld never sees peers."""
+    assert flannel_network.returncode == 1  # the fence report; the grants are in place before it
+    watch = etcd.run(
+        ["timeout", "3", etcd.release.etcdctl, f"--endpoints={etcd.rendered.client_url}",
+         f"--cacert={etcd.pki_dir}/etcd-ca.crt", f"--cert={etcd.pki_dir}/{FLANNEL}.crt",
+         f"--key={etcd.pki_dir}/{FLANNEL}.key", "watch", "--prefix", f"{FLANNEL_PREFIX}/subnets"],
+        env={"PATH": "/usr/bin:/bin", "ETCDCTL_API": "3"},
+    )
+    assert watch.returncode == 124 and "permission denied" not in watch.stdout + watch.stderr, watch.stderr
+
+
+def test_identities_no_host_presents_are_gone(
+    etcd: RealEtcd, flannel_network: subprocess.CompletedProcess[str]
+) -> None:
+    assert "removed etcd user flannel-minion-99" in flannel_network.stderr
+    users = ok(etcd.etcdctl("user", "list", identity=APISERVER)).split()
+    assert sorted(users) == ["flannel-master", "flannel-minion-0", "flannel-minion-1", "flannel-minion-2", "kube-apiserver", "root"]
+    assert ok(etcd.etcdctl("role", "list", identity=APISERVER)).split() == ["flanneld", "root"]
+    for stale in ("flannel-etcd-shared", "flannel-etcd-gone"):
+        refused(etcd.etcdctl("get", f"{FLANNEL_PREFIX}/config", identity=stale), "permission denied")
+
+
+def test_flannel_network_step_runs_again_the_same_way(
+    etcd: RealEtcd, flannel_network: subprocess.CompletedProcess[str]
+) -> None:
     again = etcd.run_script(step_script("master-flannel-network"))
-    ok(again)
+    assert again.returncode == 1 and len(fence_report(again)) == len(BYPASSES[etcd.release.name]), again.stderr
     assert "wrote /etc/kube-ec2/flannel-net-conf.json" not in again.stderr  # unchanged file left alone
-    assert "etcd RBAC checked" in again.stderr
+    assert "removed etcd user" not in again.stderr
     refused(etcd.etcdctl("get", "/registry/x", identity=FLANNEL), "permission denied")
-    roles = ok(etcd.etcdctl("user", "get", "flannel", identity=APISERVER))
-    assert roles.split("Roles:")[1].split() == ["flannel"]
+    roles = ok(etcd.etcdctl("user", "get", "flannel-master", identity=APISERVER))
+    assert roles.split("Roles:")[1].split() == ["flanneld"]
 
 
 def test_etcd_steps_health_check_passes_with_auth_on(
     etcd: RealEtcd, flannel_network: subprocess.CompletedProcess[str]
 ) -> None:
     """Re-running master-etcd after auth is enabled must not hang on its health wait."""
-    ok(flannel_network)
+    assert "etcd auth enabled" in flannel_network.stderr
     if shutil.which("curl") is None:
         pytest.fail("curl is missing (the etcd step's health check uses it)")
     found = re.search(r'^wait_until \d+ "etcd health" (.+)$', step_script("master-etcd"), re.MULTILINE)

@@ -36,7 +36,7 @@ def test_resource_counts(stack: offline.Run) -> None:
         # then coredns, smoke test.
         COMMAND: 9 + 9 * minions + 2,
         "tls:index/selfSignedCert:SelfSignedCert": 3,
-        "tls:index/locallySignedCert:LocallySignedCert": 11 + minions,
+        "tls:index/locallySignedCert:LocallySignedCert": 11 + 2 * minions,  # per minion: kubelet, flannel-etcd
     }
     for typ, expected in counts.items():
         assert len(stack.mocks.of_type(typ)) == expected, typ
@@ -219,7 +219,7 @@ def test_scaling_adds_and_removes_exactly_one_minions_resources() -> None:
     steps = {
         f"minion-3-{s}" for s in ("cloud-init", "pki", "flanneld", "docker", "cordon", "kubelet", "ready", "uncordon", "drain")
     }
-    pki = {f"pki-kubelet-minion-3{suffix}" for suffix in ("", "-key", "-csr")}
+    pki = {f"pki-{cert}-minion-3{suffix}" for cert in ("kubelet", "flannel-etcd") for suffix in ("", "-key", "-csr")}
     assert added == {"minion-3", "minion-3-instance", *steps, *pki}
 
 

@@ -7,8 +7,10 @@ written in the test, never read from the code that produces them.
 from __future__ import annotations
 
 import pytest
+from cryptography import x509
 
-from components import versions
+from components import offline, versions
+from tests.test_pki import bundle
 
 # First release of each line past every published etcd RBAC-bypass advisory: GHSA-rfx7-8w68-q57q
 # (nested txn), GHSA-q8m4-xhhv-38mg (unauthenticated Alarm, Lease, ...), GHSA-x35m-3gp4-4fh5 /
@@ -38,3 +40,25 @@ def test_pinned_etcd_is_past_every_rbac_bypass_advisory() -> None:
     assert etcd_is_fixed(etcd["version"])
     # kubespray checksums.yml (commit 46dbdd39) etcd_binary_checksums amd64 3.6.14
     assert etcd["sha256"] == "ffe840ff9295808e88cce2794a18a5ac87f12a5203c8314d0bf6aa119b41bac5"
+
+
+# --- flannel's etcd identity: one per host, least privilege (flannel 0.27.4 registry.go)
+
+
+def test_flannel_grants_are_read_config_and_readwrite_the_subnet_range() -> None:
+    from components.etcd_fence import Grant, flannel_grants
+
+    assert flannel_grants("/coreos.com/network") == (
+        Grant("read", "/coreos.com/network/config", prefix=False),
+        # flanneld lists and watches "<prefix>/subnets" WithPrefix: range end "<prefix>/subnett"
+        Grant("readwrite", "/coreos.com/network/subnets", prefix=True),
+    )
+
+
+def test_each_host_presents_its_own_flannel_etcd_identity(dev: offline.Run) -> None:
+    for host in ("master", "minion-0", "minion-1", "minion-2"):
+        files = bundle(dev, host)
+        cert = x509.load_pem_x509_certificate(files["flannel-etcd.crt"].encode())
+        assert cert.subject.rfc4514_string() == f"CN=flannel-{host}", host
+        # Only its own: the unit's file names stay flannel-etcd.crt/.key.
+        assert sorted(n for n in files if n.startswith("flannel")) == ["flannel-etcd.crt", "flannel-etcd.key"], host

@@ -297,18 +297,20 @@ def test_etcd_rbac_users_are_the_cns_of_the_etcd_clients(stack: offline.Run) -> 
     assert granted[apiserver] == "root", "the apiserver's etcd identity holds the root role"
     for host in ["master", *minion_names(stack)]:
         flannel = common_name(certificate(stack, host, daemon(stack, host, "flanneld")["etcd-certfile"]))
-        assert granted[flannel] == "flannel", f"{host}: flanneld's etcd identity must have the flannel role"
-    assert granted == {"root": "root", "kube-apiserver": "root", "flannel": "flannel"}
+        assert granted[flannel] == "flanneld", f"{host}: flanneld's etcd identity must have the flanneld role"
+    flannel_users = {f"flannel-{h}": "flanneld" for h in ["master", *minion_names(stack)]}
+    assert granted == {"root": "root", "kube-apiserver": "root", **flannel_users}
 
 
 def test_flanneld_reads_the_prefix_the_flannel_network_step_writes(stack: offline.Run) -> None:
     script = step_script(stack, "master-flannel-network")
-    [written] = re.findall(r'"\$\{ADMIN\[@\]\}" put (\S+) ', script)
-    [granted] = re.findall(r"role grant-permission flannel --prefix=true readwrite (\S+) ", script)
+    [written] = set(re.findall(r'"\$\{ADMIN\[@\]\}" put (\S+) ', script))  # written, and restored if a host could change it
+    [read] = re.findall(r"role grant-permission flanneld read (\S+) ", script)
+    [subnets] = re.findall(r"role grant-permission flanneld --prefix=true readwrite (\S+) ", script)
     for host in ["master", *minion_names(stack)]:
         prefix = daemon(stack, host, "flanneld")["etcd-prefix"]
-        assert written == f"{prefix}/config", host
-        assert written.startswith(granted) and f"{prefix}/".startswith(granted), host
+        assert written == read == f"{prefix}/config", host
+        assert subnets == f"{prefix}/subnets", host  # flanneld lists and watches this key WithPrefix
     assert written == "/coreos.com/network/config"
 
     net_conf = heredoc(script, "/etc/kube-ec2/flannel-net-conf.json")
