@@ -2,8 +2,9 @@
 
 An estimate: EC2 bills Linux on-demand per second with a 60-second minimum; gp3 per GB-month
 (730 hours); each public IPv4 address per hour. Every host is counted with its root volume and
-one public IPv4 address (the master's Elastic IP, a minion's auto-assigned address). Taxes, data
-transfer and anything not in prices.json are not counted.
+one public IPv4 address (the master's Elastic IP, a minion's auto-assigned address); other EBS
+volumes (etcd's data) by the size their create step asked for, priced as gp3. Taxes, data transfer,
+S3 requests and storage (etcd snapshots) and anything not in prices.json are not counted.
 """
 
 from __future__ import annotations

@@ -182,7 +182,7 @@ class Driver:
     # --- the phases -------------------------------------------------------------------------
 
     def _up_once(self, stack: Stack, phase: Phase) -> None:
-        result = stack.up(on_event=phase.log, on_output=self.output, color="never")
+        result = stack.up(on_event=phase.log, on_output=self.output, color="never", show_secrets=False)
         phase.changes = dict(result.summary.resource_changes or {})
 
     def _up(self, stack: Stack, phase: Phase) -> None:
@@ -257,7 +257,7 @@ def destroy(stack: Stack, log: EventLog, output: Callable[[str], None]) -> None:
     """Destroy; once more if that fails (AWS often refuses a delete while a dependent is still going)."""
     for attempt in range(1, DESTROY_ATTEMPTS + 1):
         try:
-            stack.destroy(on_event=log, on_output=output, color="never")
+            stack.destroy(on_event=log, on_output=output, color="never", show_secrets=False)
             return
         except Exception as err:
             if attempt == DESTROY_ATTEMPTS:

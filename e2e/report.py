@@ -118,7 +118,7 @@ def _cost_lines(estimate: dict[str, Any]) -> list[str]:
         *_table(["item", "quantity", "unit", "unit price USD", "USD"], rows),
         "",
         f"**About ${estimate['total_usd']:.2f}** at on-demand list prices read on {estimate['prices_read_on']} "
-        "(`e2e/prices.json`, each with its source). Not counted: taxes, data transfer, CloudWatch.",
+        "(`e2e/prices.json`, each with its source). Not counted: taxes, data transfer, S3, CloudWatch.",
     ]
     if estimate["unpriced"]:
         lines.append(f"No price in `e2e/prices.json` for {estimate['region']}: {', '.join(estimate['unpriced'])}.")

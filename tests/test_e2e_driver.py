@@ -431,11 +431,14 @@ def test_the_names_the_driver_checks_are_the_programs() -> None:
     assert dev.mocks.named(drain_step(2)).inputs.get("delete"), "the drain runs on delete"
     assert dev.mocks.named(instance(minion(2))).typ == VM
     assert dev.mocks.named("master-smoke-test").typ == CMD
+    volumes = dev.mocks.of_type("aws:ebs/volume:Volume")  # costed by the size input of its create step
+    assert volumes and all(isinstance(v.inputs["size"], int) and v.inputs["size"] > 0 for v in volumes)
 
 
 def test_the_calls_the_driver_makes_exist_on_the_pinned_automation_api() -> None:
     """The fake answers what the driver asks; this pins those calls to pulumi.automation as installed."""
-    for method, keywords in {"up": {"on_event", "on_output", "color"}, "destroy": {"on_event", "on_output", "color"},
+    calls = {"on_event", "on_output", "color", "show_secrets"}
+    for method, keywords in {"up": calls, "destroy": calls,
                              "set_config": {"key", "value", "path"}, "outputs": set(), "export_stack": set()}.items():
         assert keywords <= set(inspect.signature(getattr(auto.Stack, method)).parameters), method
     assert {"stack_name", "force"} <= set(inspect.signature(auto.LocalWorkspace.remove_stack).parameters)
