@@ -432,7 +432,7 @@ def test_the_names_the_driver_checks_are_the_programs() -> None:
     assert dev.mocks.named(instance(minion(2))).typ == VM
     assert dev.mocks.named("master-smoke-test").typ == CMD
     volumes = dev.mocks.of_type("aws:ebs/volume:Volume")  # costed by the size input of its create step
-    assert volumes and all(isinstance(v.inputs["size"], int) and v.inputs["size"] > 0 for v in volumes)
+    assert volumes and all(isinstance(v.inputs["size"], (int, float)) and v.inputs["size"] > 0 for v in volumes)  # protobuf: 10.0
 
 
 def test_the_calls_the_driver_makes_exist_on_the_pinned_automation_api() -> None:
