@@ -9,7 +9,7 @@ import pulumi_aws as aws
 import pulumi_command as command
 import pulumi_tls as tls
 
-from components import bootstrap, render
+from components import bootstrap, render, zones
 from components.host import Host, HostArgs
 from components.network import Network, cluster_tags
 from components.pki import Pki
@@ -23,6 +23,8 @@ UBUNTU_IMAGE_NAME = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*
 # A host that is still booting refuses SSH for a while: retry dials for up to ~10 minutes.
 DIAL_ERROR_LIMIT = 60
 PER_DIAL_TIMEOUT = 10
+# What pulumi-command stores of a step's run (provider/pkg/provider/remote/baseOutputs.go, v1.2.1).
+SECRET_STEP_OUTPUTS = ("stdout", "stderr")
 # A drain hook runs on destroy, against a master that is up (or gone for good): a few dials only.
 DRAIN_DIAL_ERROR_LIMIT = 3
 
@@ -53,6 +55,30 @@ def ssh_connection(
     )
 
 
+def choose_availability_zone(settings: Settings, parent: pulumi.Resource) -> str:
+    """`availabilityZone`, or the first standard zone of the region offering both instance types."""
+    if settings.availability_zone:
+        return settings.availability_zone
+    opts = pulumi.InvokeOptions(parent=parent)
+    types = sorted({settings.master_instance_type, settings.minion_instance_type})
+    # Standard zones only: Local and Wavelength Zones are opt-in and offer few instance types.
+    standard = aws.get_availability_zones(
+        state="available",
+        filters=[aws.GetAvailabilityZonesFilterArgs(name="opt-in-status", values=["opt-in-not-required"])],
+        opts=opts,
+    )
+    offerings = aws.ec2.get_instance_type_offerings(
+        location_type="availability-zone",
+        filters=[aws.ec2.GetInstanceTypeOfferingsFilterArgs(name="instance-type", values=types)],
+        opts=opts,
+    )
+    offered = zones.offered_in(offerings.instance_types, offerings.locations, types)
+    try:
+        return zones.choose_zone(settings.region, standard.names, offered)
+    except zones.NoZoneError as err:
+        raise pulumi.RunError(str(err)) from None
+
+
 def remote_command(script: str) -> str:
     """Run a step script as root over the SSH session; standard input passes through."""
     return f"sudo -n bash -c {shlex.quote(script)}"
@@ -60,6 +86,8 @@ def remote_command(script: str) -> str:
 
 class Cluster(pulumi.ComponentResource):
     settings: Settings
+    availability_zone: str
+    """The subnet's zone, so every host's and the etcd volume's."""
     master: Host
     minions: list[Host]
     steps: tuple[bootstrap.Step, ...]
@@ -71,8 +99,12 @@ class Cluster(pulumi.ComponentResource):
         super().__init__("kube-ec2:index:Cluster", name, None, opts)
         self.settings = settings
         child = pulumi.ResourceOptions(parent=self)
-        network = Network("network", settings, opts=child)
+        self.availability_zone = choose_availability_zone(settings, self)
+        network = Network("network", settings, self.availability_zone, opts=child)
         groups = SecurityGroups("security", settings, network.vpc.id, opts=child)
+        # Hosts and steps need the routes and every rule, not only the subnet and group ids: declared,
+        # so `destroy` and scale-down delete them first whatever order the engine would guess.
+        foundation: list[pulumi.Resource] = [network, groups]
 
         ssh_key = tls.PrivateKey("ssh-key", algorithm="ED25519", opts=child)
         key_pair = aws.ec2.KeyPair(
@@ -106,6 +138,7 @@ class Cluster(pulumi.ComponentResource):
                 ami_is_lookup=settings.ami_id is None,
                 user_data_base64=user_data,
                 elastic_ip=elastic_ip,
+                after=tuple(foundation),
             )
             return Host(plan.name, settings, args, opts=child)
 
@@ -131,7 +164,7 @@ class Cluster(pulumi.ComponentResource):
         for step in self.steps:
             on = hosts[step.host]
             plan = plans[step.host]
-            depends: list[pulumi.Resource] = [self.commands[a] for a in step.after]
+            depends: list[pulumi.Resource] = [*foundation, *(self.commands[a] for a in step.after)]
             if step.name == bootstrap.ETCD_STEP:
                 # etcd needs its volume; on destroy the volume (which stops the master) goes after every step.
                 depends.append(etcd_attachment)
@@ -155,7 +188,14 @@ class Cluster(pulumi.ComponentResource):
                 # never be replaced (replacement would drain a live node), so it has no triggers.
                 triggers=None if step.delete_script else [on.instance.id, fingerprints[step.host]],
                 add_previous_output_in_env=False,
-                opts=pulumi.ResourceOptions(parent=self, depends_on=depends),
+                # A step fed secrets streams nothing to the console, and its captured stdout/stderr
+                # (kept in the state) are stored as secrets (pulumi-command remote.Command `logging`).
+                logging=command.remote.Logging.NONE if step.wants_pki else None,
+                opts=pulumi.ResourceOptions(
+                    parent=self,
+                    depends_on=depends,
+                    additional_secret_outputs=list(SECRET_STEP_OUTPUTS) if step.wants_pki else None,
+                ),
             )
         self.kubeconfig = pki.admin_kubeconfig(self.master.public_ip.apply(lambda ip: f"https://{ip}:6443"))
         self.register_outputs({"kubeconfig": self.kubeconfig})

@@ -25,6 +25,8 @@ class HostArgs:
     user_data_base64: pulumi.Input[str]
     """gzip+base64 cloud-config; non-secret by construction."""
     elastic_ip: bool = False
+    after: tuple[pulumi.Resource, ...] = ()
+    """What the instance and its Elastic IP need first and must be deleted before (network, security groups)."""
 
 
 class Host(pulumi.ComponentResource):
@@ -58,12 +60,18 @@ class Host(pulumi.ComponentResource):
             volume_tags=tags,
             # The fixed private IP can exist once in the subnet: a replacement (new AMI, type family,
             # subnet) must wait until the old instance is gone, not be created next to it.
-            opts=pulumi.ResourceOptions(parent=self, ignore_changes=ignored, delete_before_replace=True),
+            opts=pulumi.ResourceOptions(
+                parent=self, ignore_changes=ignored, delete_before_replace=True, depends_on=list(args.after)
+            ),
         )
         self.private_ip = args.plan.private_ip
         if args.elastic_ip:
             eip = aws.ec2.Eip(
-                f"{name}-eip", domain="vpc", instance=self.instance.id, tags=tags, opts=pulumi.ResourceOptions(parent=self)
+                f"{name}-eip",
+                domain="vpc",
+                instance=self.instance.id,
+                tags=tags,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.after)),
             )
             self.public_ip = eip.public_ip
         else:

@@ -17,7 +17,9 @@ class Network(pulumi.ComponentResource):
     vpc: aws.ec2.Vpc
     subnet: aws.ec2.Subnet
 
-    def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self, name: str, settings: Settings, availability_zone: str, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
         super().__init__("kube-ec2:index:Network", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         self.vpc = aws.ec2.Vpc(
@@ -35,7 +37,7 @@ class Network(pulumi.ComponentResource):
             f"{name}-subnet",
             vpc_id=self.vpc.id,
             cidr_block=settings.subnet_cidr,
-            availability_zone=settings.availability_zone,
+            availability_zone=availability_zone,
             map_public_ip_on_launch=True,
             tags=cluster_tags(settings, "subnet"),
             # Its CIDR can exist once in the VPC: a replacement (another availabilityZone) is created

@@ -111,7 +111,8 @@ def test_commands_carry_the_plan(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cluster_module.command.remote, "Command", Recording)
     run = offline.run("dev")
     for step in run.cluster.steps:
-        expected = sorted([*step.after, *([f"{step.about_host}-instance"] if step.about_host else [])])
+        # Every step also waits for the network and security groups (tests/test_reach.py checks those edges).
+        expected = sorted([*step.after, *([f"{step.about_host}-instance"] if step.about_host else []), "network", "security"])
         if step.name == "master-etcd":  # etcd starts only on its attached volume
             expected = sorted([*expected, "etcd-attachment"])
         assert seen[step.name] == expected, step.name

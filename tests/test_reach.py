@@ -8,7 +8,12 @@ range is the offline placeholder 192.0.2.1/32.
 
 from __future__ import annotations
 
+import pulumi
+import pytest
+
 from components import offline
+from components.offline import ec2
+from components.offline.monitor import OfflineMonitor
 from tests.test_program import COMMAND, INGRESS, _rules, unwrap
 
 MASTER_EIP = "203.0.113.10"
@@ -77,3 +82,160 @@ def test_prod_admin_ranges_reach_only_the_master_ssh() -> None:
     run = offline.run("prod", {**offline.stack_config("prod"), "kube-ec2:adminCidrs": ranges})
     ssh = {(g, s) for g, proto, low, _h, s in _rules(run) if (proto, low) == ("tcp", 22)}
     assert ssh == {("master", "81.2.69.160/28"), ("master", "151.101.1.7/32"), ("minion", "sg:master")}
+
+
+# --- dependencies the engine must keep on destroy and scale-down (recorded by the offline monitor)
+
+NETWORK = {"network-vpc", "network-igw", "network-subnet", "network-routes", "network-routes-subnet"}
+GROUPS = {"security-master", "security-minion", "security-master-egress", "security-minion-egress"}
+RULES = {
+    "security-master-tcp22-from-192-0-2-1-32",
+    "security-master-tcp6443-from-192-0-2-1-32",
+    "security-minion-tcp30000-from-192-0-2-1-32",
+    "security-master-tcp6443-from-minion",
+    "security-master-tcp2379-from-minion",
+    "security-master-udp8472-from-minion",
+    "security-minion-tcp22-from-master",
+    "security-minion-tcp10250-from-master",
+    "security-minion-udp8472-from-master",
+    "security-minion-udp8472-from-minion",
+}
+FOUNDATION = NETWORK | GROUPS | RULES
+
+
+def monitor(run: offline.Run) -> OfflineMonitor:
+    assert run.mocks.monitor is not None
+    return run.mocks.monitor
+
+
+def test_foundation_is_every_network_and_security_resource(dev: offline.Run) -> None:
+    """The list above is complete: nothing under network/ or security/ escapes it."""
+    children = {r.name for r in dev.mocks.resources if r.name.startswith(("network-", "security-"))}
+    assert children == FOUNDATION
+
+
+def test_instances_eip_and_steps_depend_on_network_groups_and_rules(dev: offline.Run) -> None:
+    dependents = [*(f"{h}-instance" for h in ("master", *MINION_IPS)), "master-eip", *(s.name for s in dev.cluster.steps)]
+    assert len(dependents) == 4 + 1 + len(dev.cluster.steps)
+    for name in dependents:
+        missing = FOUNDATION - monitor(dev).dependencies(name)
+        assert not missing, f"{name} does not depend on {sorted(missing)}"
+
+
+def test_step_edges_are_recorded_too(dev: offline.Run) -> None:
+    deps = monitor(dev).dependencies
+    assert {"minion-0-ready", "minion-0-instance"} <= deps("minion-0-drain")
+    assert {"minion-0-pki", "master-flannel-network"} <= deps("minion-0-flanneld")
+
+
+# --- secrets fed to a step are neither logged nor stored in plain
+
+
+def _resolved(output: object) -> object:
+    from pulumi.runtime.sync_await import _sync_await
+
+    return _sync_await(output)  # type: ignore[arg-type]
+
+
+def test_pki_steps_log_nothing_and_store_their_output_as_secrets(dev: offline.Run) -> None:
+    pki = {f"{h}-pki" for h in ("master", *MINION_IPS)}
+    for cmd in dev.mocks.of_type(COMMAND):
+        registration = monitor(dev).registrations[cmd.name]
+        if cmd.name in pki:
+            assert cmd.inputs["logging"] == "none", cmd.name
+            # `connection` is the SDK's own (the schema marks it secret); stdout and stderr are ours.
+            assert set(registration.additional_secret_outputs) == {"connection", "stdout", "stderr"}, cmd.name
+            # The engine made them secret (the offline monitor applies additionalSecretOutputs as it does).
+            resource = dev.cluster.commands[cmd.name]
+            assert _resolved(resource.stdout.is_secret()) and _resolved(resource.stderr.is_secret()), cmd.name
+        else:
+            assert "logging" not in cmd.inputs, cmd.name  # the others stream their progress
+            assert registration.additional_secret_outputs == ("connection",), cmd.name
+            assert not _resolved(dev.cluster.commands[cmd.name].stdout.is_secret()), cmd.name
+
+
+# --- the availability zone: chosen from EC2's offerings when unset
+
+SUBNET = "aws:ec2/subnet:Subnet"
+OLD_ZONE = frozenset({"t3", "t3a", "m6i"})
+
+
+def subnet_zone(run: offline.Run) -> str:
+    return str(run.mocks.of_type(SUBNET)[0].inputs["availabilityZone"])
+
+
+def dev_with(**config: str) -> offline.Run:
+    return offline.run("dev", {**offline.stack_config("dev"), **{f"kube-ec2:{k}": v for k, v in config.items()}})
+
+
+def test_dev_gets_the_first_zone_offering_t3_and_a_local_zone_is_never_chosen(dev: offline.Run) -> None:
+    # us-east-1-bos-1a (an opted-in Local Zone) sorts first and offers t3 in the model: excluded.
+    assert subnet_zone(dev) == "us-east-1a"
+    assert dev.cluster.availability_zone == "us-east-1a"
+    # The etcd volume must sit in the master's zone to attach.
+    assert [v.inputs["availabilityZone"] for v in dev.mocks.of_type("aws:ebs/volume:Volume")] == ["us-east-1a"]
+
+
+def test_a_zone_that_is_set_is_used_and_nothing_is_looked_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.conftest import run_stack
+
+    assert subnet_zone(run_stack("prod")) == "eu-west-1a"
+    assert subnet_zone(run_stack("unusual")) == "ap-southeast-2b"
+
+    def refuse(*_: object) -> None:
+        raise AssertionError("looked up offerings although availabilityZone is set")
+
+    monkeypatch.setattr(ec2, "instance_type_offerings", refuse)
+    assert subnet_zone(dev_with(availabilityZone="us-east-1c")) == "us-east-1c"
+
+
+def test_us_east_1e_without_t3_is_never_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """a-d lack t3 and e (the first of the rest) lacks every current family: f is chosen."""
+    zones = {z: ec2.Zone(lacks=OLD_ZONE) for z in ("us-east-1a", "us-east-1b", "us-east-1c", "us-east-1d")}
+    zones |= {"us-east-1e": ec2.Zone(lacks=ec2.CURRENT_FAMILIES_MISSING_IN_OLD_ZONES), "us-east-1f": ec2.Zone()}
+    monkeypatch.setitem(ec2.REGIONS, "us-east-1", zones)
+    assert subnet_zone(dev_with()) == "us-east-1f"
+
+
+def test_the_zone_offers_both_instance_types(monkeypatch: pytest.MonkeyPatch) -> None:
+    zones = {
+        "us-east-1a": ec2.Zone(lacks=frozenset({"m5"})),  # the master's t3, not the minions' m5
+        "us-east-1b": ec2.Zone(lacks=frozenset({"t3"})),  # the minions' m5, not the master's t3
+        "us-east-1c": ec2.Zone(),
+    }
+    monkeypatch.setitem(ec2.REGIONS, "us-east-1", zones)
+    assert subnet_zone(dev_with(minionInstanceType="m5.large")) == "us-east-1c"
+    assert subnet_zone(dev_with()) == "us-east-1a"
+
+
+def test_the_choice_is_stable_whatever_order_ec2_answers_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    first = subnet_zone(dev_with())
+    assert subnet_zone(dev_with()) == first == "us-east-1a"
+    real_zones, real_offerings = ec2.availability_zones, ec2.instance_type_offerings
+
+    def reversed_zones(region: str, args: dict) -> dict:
+        answer = real_zones(region, args)
+        return {**answer, "names": answer["names"][::-1]}
+
+    def reversed_offerings(region: str, args: dict) -> dict:
+        answer = real_offerings(region, args)
+        return {**answer, "instanceTypes": answer["instanceTypes"][::-1], "locations": answer["locations"][::-1]}
+
+    monkeypatch.setattr(ec2, "availability_zones", reversed_zones)
+    monkeypatch.setattr(ec2, "instance_type_offerings", reversed_offerings)
+    assert subnet_zone(dev_with()) == "us-east-1a"
+
+
+def test_no_zone_offering_both_types_is_a_clear_error_and_creates_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    zones = {"us-east-1a": ec2.Zone(lacks=frozenset({"m5"})), "us-east-1b": ec2.Zone(lacks=frozenset({"t3"}))}
+    monkeypatch.setitem(ec2.REGIONS, "us-east-1", zones)
+    mocks = offline.OfflineMocks()
+    config = {**offline.stack_config("dev"), "kube-ec2:minionInstanceType": "m5.large"}
+    with pytest.raises(pulumi.RunError) as err:
+        offline.run("dev", config, mocks)
+    assert str(err.value) == (
+        "kube-ec2:availabilityZone: unset, and no availability zone of us-east-1 offers m5.large and t3.medium "
+        "(EC2 instance-type offerings); allowed: instance types that share a zone in us-east-1 "
+        "(masterInstanceType, minionInstanceType), or another aws:region"
+    )
+    assert [r for r in mocks.resources if not r.typ.startswith("kube-ec2:")] == []

@@ -6,6 +6,8 @@ The simulator lives in this package and the product never imports it (tests/test
     components/offline/preview.py    `python -m components.offline.preview`: the plan as plain files
     components/offline/cli.py        the Pulumi CLI's rules for Pulumi.yaml and stack config, applied before the program runs
     components/offline/upstream/     Pulumi's project schema (project.json, Apache-2.0)
+    components/offline/monitor.py    the resource monitor: dependencies, additionalSecretOutputs
+    components/offline/ec2.py        EC2's answers to the zone lookups (zones, instance-type offerings)
 
 The tests and the offline preview both use `run()`. Every resource the program registers is
 recorded with its resolved inputs; pulumi-tls requests get real certificates (offline.tls), AWS
@@ -24,8 +26,9 @@ from typing import Any
 
 import pulumi
 
-from components.offline import cli
+from components.offline import cli, ec2
 from components.offline import tls as offline_tls
+from components.offline.monitor import OfflineMonitor
 from components.settings import ROOT
 
 PROJECT = "kube-ec2"
@@ -54,6 +57,8 @@ def resource_id(typ: str, name: str) -> str:
 @dataclass
 class OfflineMocks(pulumi.runtime.Mocks):
     resources: list[Recorded] = field(default_factory=list)
+    monitor: OfflineMonitor | None = None
+    """The monitor of the run (dependencies, additionalSecretOutputs), set by `run()`."""
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         outputs: dict[str, Any] = dict(args.inputs)
@@ -88,6 +93,11 @@ class OfflineMocks(pulumi.runtime.Mocks):
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]]] | dict[str, Any]:
         if args.token == "aws:ec2/getAmi:getAmi":
             return {"id": FAKE_AMI, "imageId": FAKE_AMI, "architecture": "x86_64", "name": "ubuntu-noble-24.04-amd64-server"}
+        region = str(args.args.get("region") or pulumi.runtime.get_config("aws:region"))
+        if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
+            return ec2.availability_zones(region, args.args)
+        if args.token == "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings":
+            return ec2.instance_type_offerings(region, args.args)
         return {}
 
     def of_type(self, typ: str) -> list[Recorded]:
@@ -135,7 +145,8 @@ def run(stack: str, config: Mapping[str, cli.StackValue] | None = None, mocks: O
     config = stack_config(stack) if config is None else config
     merged = cli.merge_config(stack, cli.load_project(ROOT / "Pulumi.yaml"), config)
     mocks = OfflineMocks() if mocks is None else mocks
-    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False)
+    mocks.monitor = OfflineMonitor(mocks)
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=mocks.monitor)
     pulumi.runtime.set_all_config(cli.program_config(merged))
     result: dict[str, Any] = {}
 
