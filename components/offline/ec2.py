@@ -4,7 +4,8 @@ A small model of an account's view of a few regions: each zone, whether it is a 
 an opt-in one (a Local Zone the account opted in to), and which instance families it does NOT
 offer. Modelled on what AWS publishes: us-east-1e is an old zone without current families such as
 t3 (the reason the program chooses zones at all). The Local Zone offers every type in this model
-and sorts before every standard zone, so only the opt-in filter keeps it out. A region not modelled here fails loudly.
+and sorts before every standard zone, so only the opt-in filter keeps it out. Any other region is
+a typical one: zones a, b and c, each offering every type.
 
 Only the arguments the program passes are understood; anything else raises, so a change in the
 program's lookups cannot pass unnoticed against answers that ignore it.
@@ -47,9 +48,7 @@ REGIONS: dict[str, dict[str, Zone]] = {
 
 
 def _zones(region: str) -> dict[str, Zone]:
-    if region not in REGIONS:
-        raise ValueError(f"offline engine: region {region!r} is not modelled in components/offline/ec2.py ({', '.join(REGIONS)})")
-    return REGIONS[region]
+    return REGIONS.get(region) or {f"{region}{letter}": Zone() for letter in "abc"}
 
 
 def _filters(args: Mapping[str, Any], allowed: str) -> list[str] | None:
