@@ -95,6 +95,18 @@ def test_stack_values_are_stored_as_the_cli_stores_them(tmp_path: Path) -> None:
     assert cli.program_config(stored)["kube-ec2:adminCidrs"] == '["81.2.69.7/32"]'
 
 
+def test_yes_is_a_string_as_in_yaml_1_2(tmp_path: Path) -> None:
+    """The CLI's YAML 1.2 reader keeps `yes` a string, so a boolean key given `yes` is refused; `true` passes."""
+    project = cli.load_project(PULUMI_YAML)
+    path = tmp_path / "Pulumi.s.yaml"
+    path.write_text("config:\n  aws:region: us-east-1\n  kube-ec2:allowUpstreamChecksums: yes\n")
+    assert cli.load_stack(path, project)["kube-ec2:allowUpstreamChecksums"] == "yes"
+    with pytest.raises(cli.CliError, match="'allowUpstreamChecksums' must be of type 'boolean'"):
+        cli.merge_config("s", project, cli.load_stack(path, project))
+    path.write_text("config:\n  aws:region: us-east-1\n  kube-ec2:allowUpstreamChecksums: True\n")
+    assert cli.merge_config("s", project, cli.load_stack(path, project))["kube-ec2:allowUpstreamChecksums"] == "true"
+
+
 # --- mergeConfig: a typed key without a default
 
 

@@ -15,9 +15,10 @@ same rules, from the upstream source at pulumi/pulumi commit UPSTREAM_COMMIT:
     sdk/go/common/resource/config/object.go  MarshalString: how a stack file value becomes text
 
 Messages are upstream's, word for word, except the JSON-schema ones (python-jsonschema words them).
-Not emulated (this project uses none of them, and load_project refuses the first if it appears):
-`secret: true` config keys, ESC environments merged into the configuration, and YAML 1.1 spellings
-(PyYAML reads `yes`/`on` as booleans, the CLI's YAML 1.2 reader as strings).
+Files are read as YAML 1.2 reads booleans (only true/false; `yes` and `on` are strings), as the
+CLI's reader does, where PyYAML alone would follow YAML 1.1. Not emulated (this project uses none
+of them, and load_project refuses the first if it appears): `secret: true` config keys, ESC
+environments merged into the configuration, and YAML 1.1 number spellings such as `1_000` or `1:20`.
 """
 
 from __future__ import annotations
@@ -41,6 +42,23 @@ StackValue = str | list[Any] | dict[str, Any]
 map in the stack file, `pulumi config set --path` or `--json`), which reaches the program as JSON."""
 
 _INT64 = (-(2**63), 2**63 - 1)
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2's booleans: true/false only (the CLI reads files with a YAML 1.2 parser)."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL_TAG]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+
+_Yaml12Loader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def _read_yaml(path: Path) -> Any:
+    return yaml.load(path.read_text(), Loader=_Yaml12Loader)  # a SafeLoader: no arbitrary objects
 
 
 class CliError(Exception):
@@ -79,7 +97,7 @@ class Project:
 
 def load_project(path: Path) -> Project:
     """Pulumi.yaml as the CLI loads it; raises CliError where the CLI stops."""
-    raw = yaml.safe_load(path.read_text())
+    raw = _read_yaml(path)
     _validate_project(raw, path.name)
     project = _rewrite_shorthand_config_values(_rewrite_config_path(dict(raw)))
     config = project.get("config") or {}
@@ -185,7 +203,7 @@ def _config_type_problem(project_name: str, key: str, spec: ConfigType) -> str |
 def load_stack(path: Path, project: Project) -> dict[str, StackValue]:
     """Pulumi.<stack>.yaml's `config:` as the CLI holds it: bare keys take the project's namespace,
     scalars become their text (object.MarshalString), lists and maps stay objects."""
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = _read_yaml(path) or {}
     _only_string_keys(raw)
     config = raw.get("config") or {}
     stored: dict[str, StackValue] = {}
