@@ -74,15 +74,12 @@ def _daemon_step(
     starts: list[tuple[str, list[str]]] = []
     units: list[str] = []
     swaps: list[tuple[str, str]] = []
+    staged = versions.staged_binaries(host.role, settings.kubernetes_version)
     for name in daemons:
         daemon = DAEMONS[name]
         own = render.daemon_files(settings, host, name)
         files.update(own)
-        swaps += [
-            (versions.staged_path(b.rsplit("/", 1)[1], settings.kubernetes_version), b)
-            for b in daemon.binaries
-            if b.rsplit("/", 1)[1] in versions.STAGED
-        ]
+        swaps += [(staged[b], b) for b in daemon.binaries]
         configs = [f.path for f in daemon.files]
         inputs = list(own) + [f"{PKI_DIR}/{p}" for p in daemon.pki] + list(daemon.binaries)
         for unit in daemon.packaged_units:

@@ -16,21 +16,36 @@ KUBERNETES_BINARIES = {
     "master": ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"),
     "minion": ("kubelet", "kube-proxy"),
 }
-# Daemon binaries are staged, one directory per version, by the host's preparation; each daemon's
-# remote step swaps its binary in, so an upgrade reaches a daemon only in the step graph's order
-# (control plane before any kubelet), never when cloud-init re-runs the preparation.
-STAGED = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy")
-STAGE_DIR = "/opt/kube-ec2/kubernetes"
+# Daemon binaries are staged by the host's preparation, one directory per component and version
+# (/opt/kube-ec2/<component>/<version>/<binary>); each daemon's remote step swaps its own binary in
+# (/usr/local/bin/<binary>), so a new version reaches a daemon only in the step graph's order
+# (control plane before any kubelet), never when cloud-init re-runs the preparation. Tools
+# (kubectl, etcdctl, CNI plugins) are installed in place.
+STAGED = (
+    "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "etcd", "flanneld", "cri-dockerd",
+)
+STAGE_DIR = "/opt/kube-ec2"
+BIN_DIR = "/usr/local/bin"
 
 
-def staged_path(binary: str, kubernetes_version: str) -> str:
-    """Where the preparation leaves a verified daemon binary of one Kubernetes version."""
-    return f"{STAGE_DIR}/{kubernetes_version}/{binary}"
+def _install_path(component: str, version: str, dest: str) -> str:
+    """Where the preparation puts one file: staged for a daemon binary, else `dest` itself."""
+    binary = dest.rsplit("/", 1)[1]
+    if binary in STAGED and dest == f"{BIN_DIR}/{binary}":
+        return f"{STAGE_DIR}/{component}/{version}/{binary}"
+    return dest
 
 
-def install_path(binary: str, kubernetes_version: str) -> str:
-    """Where the preparation installs a Kubernetes binary: staged for daemons, in place for kubectl."""
-    return staged_path(binary, kubernetes_version) if binary in STAGED else f"/usr/local/bin/{binary}"
+def staged_binaries(role: str, kubernetes_version: str) -> dict[str, str]:
+    """Installed daemon binary -> the staged file of this version the daemon's step swaps in."""
+    return {
+        f"{BIN_DIR}/{dest.rsplit('/', 1)[1]}": dest
+        for d in downloads(role, kubernetes_version)
+        for _, dest in d.files
+        if dest.startswith(f"{STAGE_DIR}/")
+    }
+
+
 # Archives and binaries from other projects, by role (order is download order).
 OTHER_COMPONENTS = {
     "master": ("etcd", "flannel", "flannel_cni"),
@@ -94,7 +109,7 @@ def downloads(role: str, kubernetes_version: str) -> tuple[Download, ...]:
             version=kubernetes_version,
             url=k8s["url"].format(version=kubernetes_version, file=binary),
             sha256=pinned.get(binary),
-            files=(("", install_path(binary, kubernetes_version)),),
+            files=(("", _install_path("kubernetes", kubernetes_version, f"{BIN_DIR}/{binary}")),),
         )
         for binary in KUBERNETES_BINARIES[role]
     ]
@@ -107,7 +122,9 @@ def downloads(role: str, kubernetes_version: str) -> tuple[Download, ...]:
                 version=version,
                 url=entry["url"].format(version=version),
                 sha256=entry["sha256"],
-                files=tuple((member.format(version=version), dest) for member, dest in entry["files"].items()),
+                files=tuple(
+                    (member.format(version=version), _install_path(name, version, dest)) for member, dest in entry["files"].items()
+                ),
             )
         )
     return tuple(result)

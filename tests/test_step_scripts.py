@@ -195,9 +195,9 @@ def kubelet_files() -> dict[str, tuple[str, str]]:
     return {**render.daemon_files(SETTINGS, MINION, "kubelet"), **render.daemon_files(SETTINGS, MINION, "kube-proxy")}
 
 
-def stage_binary(box: Sandbox, name: str, version: str = "v1", kubernetes_version: str = SETTINGS.kubernetes_version) -> str:
+def stage_binary(box: Sandbox, name: str, version: str = "v1", role: str = "minion") -> str:
     """A placeholder daemon binary where the host's preparation stages it (the daemon step swaps it in)."""
-    path = versions.staged_path(name, kubernetes_version)
+    path = versions.staged_binaries(role, SETTINGS.kubernetes_version)[f"/usr/local/bin/{name}"]
     box.write(path, f"#!/bin/sh\n# fake {name} {version}\nexit 0\n", 0o755)
     return path
 
@@ -313,9 +313,10 @@ def test_daemon_step_failed_restart_prints_journals_and_is_retried_next_run(box:
 
 def test_daemon_step_fails_when_an_input_is_missing(box: Sandbox) -> None:
     prepare_minion(box)
-    box.path(versions.staged_path("kube-proxy", SETTINGS.kubernetes_version)).unlink()
+    staged = stage_binary(box, "kube-proxy")
+    box.path(staged).unlink()
     result = box.run(step(KUBELET_STEP).script)
-    assert f"{versions.staged_path('kube-proxy', SETTINGS.kubernetes_version)} is missing" in result.stderr
+    assert f"{staged} is missing" in result.stderr
     assert_failed_with_journals(result, KUBELET_UNITS)
     assert "kube-proxy.service" not in result.restarted()
 
@@ -327,7 +328,7 @@ def test_apiserver_step_writes_the_encryption_config_0600_with_the_key_and_never
         if name != "encryption-config.yaml":
             box.write(f"{PKI_DIR}/{name}", f"dummy {name}\n", 0o600)
     box.write(f"{PKI_DIR}/encryption.key", key + "\n", 0o600)
-    stage_binary(box, "kube-apiserver")
+    stage_binary(box, "kube-apiserver", role="master")
     script = step("master-kube-apiserver").script
 
     first = box.run(script)
@@ -359,7 +360,7 @@ def test_apiserver_step_writes_the_encryption_config_0600_with_the_key_and_never
 
 
 def test_docker_step_restarts_services_never_the_socket(box: Sandbox) -> None:
-    box.fake_binary("cri-dockerd")
+    stage_binary(box, "cri-dockerd")
     sock = box.path("/run/cri-dockerd.sock")
     with socket.socket(socket.AF_UNIX) as s:
         s.bind(str(sock))

@@ -74,8 +74,32 @@ def test_the_changed_daemon_steps_name_the_new_binaries() -> None:
             assert f"swap_binary /opt/kube-ec2/kubernetes/1.35.1/{b} /usr/local/bin/{b}" in script, (step, b)
             assert "/opt/kube-ec2/kubernetes/1.34.4/" not in script
         assert "ensure_started" in script and f"/usr/local/bin/{binaries[0]}" in script.split("ensure_started", 2)[2]
-    for step in ("master-etcd", "master-flanneld", "minion-1-flanneld", "minion-1-docker"):
-        assert "swap_binary" not in str(new[step]["create"]), step
+    # Other daemons swap in their own component's version (unchanged by kubernetesVersion; a bump of
+    # it in versions.yaml re-runs exactly that step the same way).
+    etcd = versions.load()["etcd"]["version"]
+    flannel = versions.load()["flannel"]["version"]
+    cri = versions.load()["cri_dockerd"]["version"]
+    for step, line in {
+        "master-etcd": f"swap_binary /opt/kube-ec2/etcd/{etcd}/etcd /usr/local/bin/etcd",
+        "master-flanneld": f"swap_binary /opt/kube-ec2/flannel/{flannel}/flanneld /usr/local/bin/flanneld",
+        "minion-1-flanneld": f"swap_binary /opt/kube-ec2/flannel/{flannel}/flanneld /usr/local/bin/flanneld",
+        "minion-1-docker": f"swap_binary /opt/kube-ec2/cri_dockerd/{cri}/cri-dockerd /usr/local/bin/cri-dockerd",
+    }.items():
+        assert line in str(new[step]["create"]), step
+
+
+def test_every_daemon_binary_is_staged_and_swapped_by_its_own_step() -> None:
+    s = dev_settings()
+    by_name = {x.name: x.script for x in bootstrap.plan(s)}
+    for role, host in (("master", s.master), ("minion", s.minions[0])):
+        staged = versions.staged_binaries(role, NEW)
+        for daemon in render.ROLE_DAEMONS[role]:
+            for binary in render.DAEMONS[daemon].binaries:
+                assert binary in staged, (role, binary)
+                assert staged[binary].startswith("/opt/kube-ec2/"), staged[binary]
+                line = f"swap_binary {staged[binary]} {binary}"
+                swaps = [n for n, script in by_name.items() if n.startswith(f"{host.name}-") and line in script]
+                assert len(swaps) == 1, (binary, swaps)
 
 
 def test_the_preparation_stages_daemon_binaries_and_never_replaces_a_running_one() -> None:
@@ -241,7 +265,9 @@ def test_the_skew_check_fails_when_the_version_cannot_be_read(box: Sandbox) -> N
 
 
 def staged(box: Sandbox, binary: str, version: str) -> None:
-    box.write(versions.staged_path(binary, version), f"#!/bin/sh\n# {binary} {version}\n", 0o755)
+    path = versions.staged_binaries("minion", version)[f"/usr/local/bin/{binary}"]
+    assert path == f"/opt/kube-ec2/kubernetes/{version}/{binary}"
+    box.write(path, f"#!/bin/sh\n# {binary} {version}\n", 0o755)
 
 
 def test_the_kubelet_step_swaps_in_the_staged_version_and_restarts_both_daemons(box: Sandbox) -> None:
@@ -261,7 +287,7 @@ def test_the_kubelet_step_swaps_in_the_staged_version_and_restarts_both_daemons(
         assert box.read(f"/usr/local/bin/{b}") == f"#!/bin/sh\n# {b} {NEW}\n"
         assert box.mode(f"/usr/local/bin/{b}") == 0o755
         assert f"swapped in /usr/local/bin/{b} from /opt/kube-ec2/kubernetes/{NEW}/{b}" in upgrade.stderr
-    assert box.exists(versions.staged_path("kubelet", OLD)), "the old version's staged binary was removed"
+    assert box.exists(f"/opt/kube-ec2/kubernetes/{OLD}/kubelet"), "the old version's staged binary was removed"
     assert not any(p.name.endswith(".kube-ec2-new") for p in box.path("/usr/local/bin").iterdir())
 
     again = box.run(step_of(NEW, "minion-0-kubelet"))

@@ -201,8 +201,8 @@ install_binary kube-apiserver 1.35.1 https://dl.k8s.io/release/v1.35.1/bin/linux
 install_binary kube-controller-manager 1.35.1 https://dl.k8s.io/release/v1.35.1/bin/linux/amd64/kube-controller-manager upstream /opt/kube-ec2/kubernetes/1.35.1/kube-controller-manager
 install_binary kube-scheduler 1.35.1 https://dl.k8s.io/release/v1.35.1/bin/linux/amd64/kube-scheduler upstream /opt/kube-ec2/kubernetes/1.35.1/kube-scheduler
 install_binary kubectl 1.35.1 https://dl.k8s.io/release/v1.35.1/bin/linux/amd64/kubectl 36e2f4ac66259232341dd7866952d64a958846470f6a9a6a813b9117bd965207 /usr/local/bin/kubectl
-install_archive etcd 3.6.14 https://github.com/etcd-io/etcd/releases/download/v3.6.14/etcd-v3.6.14-linux-amd64.tar.gz ffe840ff9295808e88cce2794a18a5ac87f12a5203c8314d0bf6aa119b41bac5 etcd-v3.6.14-linux-amd64/etcd=/usr/local/bin/etcd etcd-v3.6.14-linux-amd64/etcdctl=/usr/local/bin/etcdctl etcd-v3.6.14-linux-amd64/etcdutl=/usr/local/bin/etcdutl
-install_binary flannel 0.27.4 https://github.com/flannel-io/flannel/releases/download/v0.27.4/flanneld-amd64 fc1233aac3ad2707d14c9ae42016b5402753f755f0d07cc5c41dc4190e95d299 /usr/local/bin/flanneld
+install_archive etcd 3.6.14 https://github.com/etcd-io/etcd/releases/download/v3.6.14/etcd-v3.6.14-linux-amd64.tar.gz ffe840ff9295808e88cce2794a18a5ac87f12a5203c8314d0bf6aa119b41bac5 etcd-v3.6.14-linux-amd64/etcd=/opt/kube-ec2/etcd/3.6.14/etcd etcd-v3.6.14-linux-amd64/etcdctl=/usr/local/bin/etcdctl etcd-v3.6.14-linux-amd64/etcdutl=/usr/local/bin/etcdutl
+install_binary flannel 0.27.4 https://github.com/flannel-io/flannel/releases/download/v0.27.4/flanneld-amd64 fc1233aac3ad2707d14c9ae42016b5402753f755f0d07cc5c41dc4190e95d299 /opt/kube-ec2/flannel/0.27.4/flanneld
 install_archive flannel_cni 1.7.1-flannel2 https://github.com/flannel-io/cni-plugin/releases/download/v1.7.1-flannel2/cni-plugin-flannel-linux-amd64-v1.7.1-flannel2.tgz upstream flannel-amd64=/opt/cni/bin/flannel
 
 install -d -m 0700 /etc/kubernetes/pki /var/lib/etcd

@@ -198,6 +198,22 @@ mount -o noatime "$device" "$MOUNT"
 chmod 0700 "$MOUNT"
 log "volume $ETCD_VOLUME_ID ($device) mounted at $MOUNT"
 KUBE_EC2_EOF
+# swap_binary STAGED DEST: put in place the daemon binary the host's preparation staged (and
+# verified) for this version, when DEST differs; ensure_started then restarts the daemon. The
+# staged path names the version, so a new version (kubernetesVersion, versions.yaml) re-runs this step.
+swap_binary() {
+  local staged=$1 dest=$2
+  if [[ ! -f $staged ]]; then
+    log "$staged is missing: the cloud-init step did not stage this version"
+    return 1
+  fi
+  cmp -s "$staged" "$dest" && return 0
+  # A new file renamed over the old one: a running binary is never written in place.
+  install -m 0755 -o root -g root "$staged" "$dest.kube-ec2-new"
+  mv -f "$dest.kube-ec2-new" "$dest"
+  log "swapped in $dest from $staged"
+}
+swap_binary /opt/kube-ec2/etcd/3.6.14/etcd /usr/local/bin/etcd
 
 ensure_started etcd.service /etc/systemd/system/etcd.service /etc/etcd/etcd.conf.yml /etc/systemd/system/etcd-data.service /usr/local/sbin/kube-ec2-etcd-data /etc/kubernetes/pki/etcd-ca.crt /etc/kubernetes/pki/etcd-server.crt /etc/kubernetes/pki/etcd-server.key /etc/kubernetes/pki/etcd-peer.crt /etc/kubernetes/pki/etcd-peer.key /usr/local/bin/etcd
 wait_until 120 "etcd health" bash -c 'curl -fsS --max-time 5 --cacert /etc/kubernetes/pki/etcd-ca.crt --cert /etc/kubernetes/pki/apiserver-etcd-client.crt --key /etc/kubernetes/pki/apiserver-etcd-client.key https://127.0.0.1:2379/health | grep -q "\"health\":\"true\""'

@@ -189,7 +189,7 @@ awk -v keyfile=/etc/kubernetes/pki/encryption.key 'BEGIN { getline key < keyfile
 install -d -m 0700 /var/log/kubernetes
 # swap_binary STAGED DEST: put in place the daemon binary the host's preparation staged (and
 # verified) for this version, when DEST differs; ensure_started then restarts the daemon. The
-# staged path names the version, so a new kubernetesVersion changes this step and re-runs it.
+# staged path names the version, so a new version (kubernetesVersion, versions.yaml) re-runs this step.
 swap_binary() {
   local staged=$1 dest=$2
   if [[ ! -f $staged ]]; then

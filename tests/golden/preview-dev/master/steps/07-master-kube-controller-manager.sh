@@ -122,7 +122,7 @@ current-context: default
 KUBE_EC2_EOF
 # swap_binary STAGED DEST: put in place the daemon binary the host's preparation staged (and
 # verified) for this version, when DEST differs; ensure_started then restarts the daemon. The
-# staged path names the version, so a new kubernetesVersion changes this step and re-runs it.
+# staged path names the version, so a new version (kubernetesVersion, versions.yaml) re-runs this step.
 swap_binary() {
   local staged=$1 dest=$2
   if [[ ! -f $staged ]]; then

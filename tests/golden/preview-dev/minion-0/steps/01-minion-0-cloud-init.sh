@@ -166,9 +166,9 @@ install_archive() {
 
 install_binary kubelet 1.35.1 https://dl.k8s.io/release/v1.35.1/bin/linux/amd64/kubelet e7343310e03ff0d424df4397bdfa4468947d6d1f0f93dac586c1e8d6e4086d5d /opt/kube-ec2/kubernetes/1.35.1/kubelet
 install_binary kube-proxy 1.35.1 https://dl.k8s.io/release/v1.35.1/bin/linux/amd64/kube-proxy upstream /opt/kube-ec2/kubernetes/1.35.1/kube-proxy
-install_binary flannel 0.27.4 https://github.com/flannel-io/flannel/releases/download/v0.27.4/flanneld-amd64 fc1233aac3ad2707d14c9ae42016b5402753f755f0d07cc5c41dc4190e95d299 /usr/local/bin/flanneld
+install_binary flannel 0.27.4 https://github.com/flannel-io/flannel/releases/download/v0.27.4/flanneld-amd64 fc1233aac3ad2707d14c9ae42016b5402753f755f0d07cc5c41dc4190e95d299 /opt/kube-ec2/flannel/0.27.4/flanneld
 install_archive flannel_cni 1.7.1-flannel2 https://github.com/flannel-io/cni-plugin/releases/download/v1.7.1-flannel2/cni-plugin-flannel-linux-amd64-v1.7.1-flannel2.tgz upstream flannel-amd64=/opt/cni/bin/flannel
-install_archive cri_dockerd 0.3.24 https://github.com/Mirantis/cri-dockerd/releases/download/v0.3.24/cri-dockerd-0.3.24.amd64.tgz dd4b7f514c248a3aaca398f467430a4c58aae9a77ea8b96a2f5b5d6fba0948d1 cri-dockerd/cri-dockerd=/usr/local/bin/cri-dockerd
+install_archive cri_dockerd 0.3.24 https://github.com/Mirantis/cri-dockerd/releases/download/v0.3.24/cri-dockerd-0.3.24.amd64.tgz dd4b7f514c248a3aaca398f467430a4c58aae9a77ea8b96a2f5b5d6fba0948d1 cri-dockerd/cri-dockerd=/opt/kube-ec2/cri_dockerd/0.3.24/cri-dockerd
 install_archive cni_plugins 1.8.0 https://github.com/containernetworking/plugins/releases/download/v1.8.0/cni-plugins-linux-amd64-v1.8.0.tgz ab3bda535f9d90766cccc90d3dddb5482003dd744d7f22bcf98186bf8eea8be6 bridge=/opt/cni/bin/bridge host-local=/opt/cni/bin/host-local loopback=/opt/cni/bin/loopback portmap=/opt/cni/bin/portmap
 
 install -d -m 0700 /etc/kubernetes/pki /var/lib/etcd

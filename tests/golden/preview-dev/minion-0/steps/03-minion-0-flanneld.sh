@@ -97,6 +97,22 @@ RestartSec=5
 [Install]
 WantedBy=multi-user.target
 KUBE_EC2_EOF
+# swap_binary STAGED DEST: put in place the daemon binary the host's preparation staged (and
+# verified) for this version, when DEST differs; ensure_started then restarts the daemon. The
+# staged path names the version, so a new version (kubernetesVersion, versions.yaml) re-runs this step.
+swap_binary() {
+  local staged=$1 dest=$2
+  if [[ ! -f $staged ]]; then
+    log "$staged is missing: the cloud-init step did not stage this version"
+    return 1
+  fi
+  cmp -s "$staged" "$dest" && return 0
+  # A new file renamed over the old one: a running binary is never written in place.
+  install -m 0755 -o root -g root "$staged" "$dest.kube-ec2-new"
+  mv -f "$dest.kube-ec2-new" "$dest"
+  log "swapped in $dest from $staged"
+}
+swap_binary /opt/kube-ec2/flannel/0.27.4/flanneld /usr/local/bin/flanneld
 
 ensure_started flanneld.service /etc/systemd/system/flanneld.service /etc/kubernetes/pki/etcd-ca.crt /etc/kubernetes/pki/flannel-etcd.crt /etc/kubernetes/pki/flannel-etcd.key /usr/local/bin/flanneld
 wait_until 120 "flannel subnet lease" test -s /run/flannel/subnet.env

@@ -144,6 +144,22 @@ put_file /etc/cni/net.d/10-flannel.conflist 0644 <<'KUBE_EC2_EOF'
   ]
 }
 KUBE_EC2_EOF
+# swap_binary STAGED DEST: put in place the daemon binary the host's preparation staged (and
+# verified) for this version, when DEST differs; ensure_started then restarts the daemon. The
+# staged path names the version, so a new version (kubernetesVersion, versions.yaml) re-runs this step.
+swap_binary() {
+  local staged=$1 dest=$2
+  if [[ ! -f $staged ]]; then
+    log "$staged is missing: the cloud-init step did not stage this version"
+    return 1
+  fi
+  cmp -s "$staged" "$dest" && return 0
+  # A new file renamed over the old one: a running binary is never written in place.
+  install -m 0755 -o root -g root "$staged" "$dest.kube-ec2-new"
+  mv -f "$dest.kube-ec2-new" "$dest"
+  log "swapped in $dest from $staged"
+}
+swap_binary /opt/kube-ec2/cri_dockerd/0.3.24/cri-dockerd /usr/local/bin/cri-dockerd
 
 ensure_started docker.service /etc/docker/daemon.json /etc/cni/net.d/10-flannel.conflist
 ensure_started cri-docker.service /etc/systemd/system/cri-docker.socket /etc/systemd/system/cri-docker.service /etc/docker/daemon.json /etc/cni/net.d/10-flannel.conflist /usr/local/bin/cri-dockerd
