@@ -94,6 +94,7 @@ class Cluster(pulumi.ComponentResource):
     commands: dict[str, command.remote.Command]
     ssh_private_key: pulumi.Output[str]
     kubeconfig: pulumi.Output[str]
+    kubeconfig_check: command.local.Command
 
     def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kube-ec2:index:Cluster", name, None, opts)
@@ -198,4 +199,15 @@ class Cluster(pulumi.ComponentResource):
                 ),
             )
         self.kubeconfig = pki.admin_kubeconfig(self.master.public_ip.apply(lambda ip: f"https://{ip}:6443"))
+        # The exported kubeconfig, used from the deployer's machine (after the smoke test, and again
+        # whenever the smoke test re-runs or the kubeconfig changes); it goes in on standard input.
+        self.kubeconfig_check = command.local.Command(
+            "kubeconfig-check",
+            create=render.kubeconfig_check_script(),
+            interpreter=["/bin/bash", "-c"],
+            stdin=self.kubeconfig,
+            triggers=[self.master.instance.id, fingerprints[settings.master.name]],
+            add_previous_output_in_env=False,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.commands["master-smoke-test"]]),
+        )
         self.register_outputs({"kubeconfig": self.kubeconfig})

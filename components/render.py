@@ -289,6 +289,11 @@ def prepare_script(settings: Settings, host: HostPlan) -> str:
     return render("prepare.sh.j2", context(settings, host))
 
 
+def kubeconfig_check_script() -> str:
+    """The check the deployer's machine runs with the exported kubeconfig on standard input."""
+    return render("steps/kubeconfig-check.sh.j2", {})
+
+
 def hosts_file(settings: Settings) -> str:
     """/etc/hosts: every cluster member by name."""
     return render("hosts.j2", {"hosts": settings.hosts})
