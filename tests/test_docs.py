@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
+import yaml
+
 from components import versions
 from components.settings import load_schema
 from tests.conftest import ROOT
@@ -33,3 +37,26 @@ def test_quick_start_commands_exist() -> None:
     for target in ("preview", "test", "golden", "bench"):
         assert f"make {target}" in README and f"\n{target}:" in makefile, target
     assert "make setup\nmake test" in (ROOT / ".ci/run").read_text()
+
+
+def test_license_is_apache_2() -> None:
+    text = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in text and "END OF TERMS AND CONDITIONS" in text
+
+
+def test_required_pulumi_version_is_a_range_the_cli_parses() -> None:
+    """Pulumi.yaml's requiredPulumiVersion (read by the CLI since v3.219.0 with blang/semver's
+    ParseRange): a plain lower bound here, written X.Y.Z."""
+    project = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
+    found = re.fullmatch(r">=(\d+)\.(\d+)\.(\d+)", project["requiredPulumiVersion"])
+    assert found, project["requiredPulumiVersion"]
+    assert tuple(int(p) for p in found.groups()) >= (3, 219, 0), "older CLIs ignore the field"
+
+
+def test_every_linked_local_file_exists() -> None:
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text()):
+            if "://" in target:
+                continue
+            assert (doc.parent / target).exists(), f"{doc.name} links {target}, which does not exist"
