@@ -21,6 +21,8 @@ from e2e.events import COMMAND_TYPE, INSTANCE_TYPE, RERUN_OPS, UNCHANGED_OPS, Ev
 PROJECT = "kube-ec2"
 # Names the program gives (components/bootstrap.py, components/host.py); tests check they exist.
 SMOKE_TEST = "master-smoke-test"
+# The local step that uses the exported kubeconfig from the machine running `pulumi up` (this one).
+KUBECONFIG_CHECK = "kubeconfig-check"
 # Nodes are polled until they match, within this bound (they are Ready when the smoke test passed).
 NODE_ATTEMPTS = 30
 NODE_INTERVAL = 10.0
@@ -113,11 +115,11 @@ class Run:
 
 
 PHASES = (
-    ("up", "first up: every node Ready, the smoke test passed, the kubeconfig works from here"),
+    ("up", "first up: the smoke test and kubeconfig-check passed, every node Ready through the kubeconfig from here"),
     ("no-changes", "a second up changes nothing"),
     ("scale-up", "minionCount + 1: the new minion joins Ready"),
     ("scale-down", "minionCount back: its drain ran, its node and instance are gone"),
-    ("rerun", "certValidityHours changed: steps re-run on the running hosts, the smoke test passes again"),
+    ("rerun", "certValidityHours changed: steps re-run on the running hosts, the smoke test and kubeconfig-check pass again"),
     ("destroy", "destroy (always), then the stack is removed"),
 )
 
@@ -191,6 +193,7 @@ class Driver:
         stack.set_config(f"{PROJECT}:adminCidrs[0]", ConfigValue(self.options.admin_cidr), path=True)
         self._up_once(stack, phase)
         _expect_step(phase.log, SMOKE_TEST, {"create"})
+        _expect_step(phase.log, KUBECONFIG_CHECK, {"create"})
         self._expect_nodes(stack, range(self.options.minions))
 
     def _no_changes(self, stack: Stack, phase: Phase) -> None:
@@ -224,6 +227,7 @@ class Driver:
         if not any(s.type == COMMAND_TYPE and s.op in RERUN_OPS and s.name != SMOKE_TEST for s in phase.log.ops):
             raise CheckError("no remote step re-ran on the running hosts")
         _expect_step(phase.log, SMOKE_TEST, RERUN_OPS)
+        _expect_step(phase.log, KUBECONFIG_CHECK, RERUN_OPS)
         self._expect_nodes(stack, range(self.options.minions))
 
     def _expect_nodes(self, stack: Stack, indexes: range) -> None:

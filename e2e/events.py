@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pulumi.automation.events import EngineEvent, StepEventMetadata
 
 COMMAND_TYPE = "command:remote:Command"
+LOCAL_COMMAND_TYPE = "command:local:Command"
+STEP_TYPES = frozenset({COMMAND_TYPE, LOCAL_COMMAND_TYPE})
 INSTANCE_TYPE = "aws:ec2/instance:Instance"
 VOLUME_TYPE = "aws:ebs/volume:Volume"
 # Ops that change nothing in the cloud.

@@ -9,7 +9,7 @@ from typing import Any
 
 from e2e import cost
 from e2e.driver import PROJECT, Run
-from e2e.events import COMMAND_TYPE, INSTANCE_TYPE, UNCHANGED_OPS
+from e2e.events import INSTANCE_TYPE, STEP_TYPES, UNCHANGED_OPS
 
 
 def _utc(stamp: int | None) -> str:
@@ -80,13 +80,13 @@ def markdown(data: dict[str, Any]) -> str:
                 [[p["name"], p["what"], p["status"], p["seconds"], _changes(p["changes"]), p["message"]]
                  for p in data["phases"]]),
         "",
-        "## Remote steps (wall clock from the engine's events, whole seconds)",
+        "## Steps, remote and local (wall clock from the engine's events, whole seconds)",
         "",
-        *_table(["phase", "step", "op", "seconds", "result"], _ops(data, COMMAND_TYPE)),
+        *_table(["phase", "step", "op", "seconds", "result"], _ops(data, STEP_TYPES)),
         "",
         "## Hosts",
         "",
-        *_table(["phase", "resource", "op", "seconds", "result"], _ops(data, INSTANCE_TYPE)),
+        *_table(["phase", "resource", "op", "seconds", "result"], _ops(data, {INSTANCE_TYPE})),
         "",
         *_cost_lines(data["cost_estimate"]),
     ]
@@ -104,9 +104,9 @@ def _changes(changes: dict[str, int]) -> str:
     return ", ".join(f"{op} {n}" for op, n in sorted(changes.items())) or "-"
 
 
-def _ops(data: dict[str, Any], typ: str) -> list[list[Any]]:
+def _ops(data: dict[str, Any], types: set[str] | frozenset[str]) -> list[list[Any]]:
     return [[p["name"], op["name"], op["op"], "" if op["seconds"] is None else op["seconds"], op["status"]]
-            for p in data["phases"] for op in p["operations"] if op["type"] == typ]
+            for p in data["phases"] for op in p["operations"] if op["type"] in types]
 
 
 def _cost_lines(estimate: dict[str, Any]) -> list[str]:

@@ -36,7 +36,7 @@ from e2e.checks import CheckError
 from e2e.driver import Driver, Options, drain_step, instance, minion, ready_step
 from e2e.events import EventLog
 
-CMD, VM = "command:remote:Command", "aws:ec2/instance:Instance"
+CMD, LOCAL, VM = "command:remote:Command", "command:local:Command", "aws:ec2/instance:Instance"
 # Seconds the fake engine spends per step.
 DURATION = {(VM, "create"): 60, (VM, "delete"): 30}
 STEP_SECONDS = 10
@@ -104,6 +104,8 @@ class FakeStack:
         drift = str(self.ups) if "drift" in self.faults else ""
         smoke_hours = "" if "smoke-not-rerun" in self.faults else hours
         wanted["master-smoke-test"] = (CMD, f"{smoke_hours}/{count}/{drift}")
+        if "no-kubeconfig-check" not in self.faults:
+            wanted["kubeconfig-check"] = (LOCAL, hours)
         return wanted
 
     def _emit(self, on_event: Any, kind: str, name: str, typ: str, op: str) -> None:
@@ -140,7 +142,8 @@ class FakeStack:
             else:
                 step(name, self.state[name][0], "delete")
             del self.state[name]
-        for name, (typ, inputs) in sorted(wanted.items(), key=lambda kv: (kv[1][0] != VM, kv[0] == "master-smoke-test")):
+        order = {VM: 0, CMD: 1, LOCAL: 3}
+        for name, (typ, inputs) in sorted(wanted.items(), key=lambda kv: order[kv[1][0]] + (kv[0] == "master-smoke-test")):
             if name not in self.state:
                 step(name, typ, "create")
             elif self.state[name][1] != inputs:
@@ -224,7 +227,7 @@ def test_every_phase_passes_in_order_and_the_stack_is_destroyed_and_removed() ->
         "destroy", "remove_stack",
     ]
     assert stack.state == {}
-    assert "e2e: phase destroy passed in 170.0 s" in printed
+    assert "e2e: phase destroy passed in 180.0 s" in printed
 
 
 def test_phase_times_come_from_the_clock_and_step_times_from_engine_events() -> None:
@@ -232,8 +235,9 @@ def test_phase_times_come_from_the_clock_and_step_times_from_engine_events() -> 
     # up: 3 instances x 60 s + 8 steps x 10 s; no-changes: nothing; scale-up: 1 instance + 3 steps
     # + the smoke test replaced (3 ops); scale-down: 3 steps + 1 instance (30 s) + the smoke test (3 ops);
     # rerun: 5 pki/ready steps + the smoke test, 3 ops each; destroy: 8 steps + 3 instances x 30 s.
+    # The local kubeconfig-check (after the smoke test) adds 10 s to up and destroy, 30 s to rerun.
     assert {p.name: p.seconds for p in run.phases} == {
-        "up": 260.0, "no-changes": 0.0, "scale-up": 120.0, "scale-down": 90.0, "rerun": 180.0, "destroy": 170.0}
+        "up": 270.0, "no-changes": 0.0, "scale-up": 120.0, "scale-down": 90.0, "rerun": 210.0, "destroy": 180.0}
     smoke = [(s.op, s.seconds, s.status) for s in run.phase("up").log.ops if s.name == "master-smoke-test"]
     assert smoke == [("create", 10, "ok")]
     first = run.phase("up").log.ops[0]
@@ -250,25 +254,27 @@ def test_the_report_has_phases_steps_hosts_cost_and_no_leftovers(tmp_path: Path)
     assert json.loads((tmp_path / "report.json").read_text()) == data
     assert data["result"] == "passed" and data["stack_removed"] is True and data["left_behind"] == []
     assert (data["region"], data["master_instance_type"], data["minion_instance_type"]) == ("us-east-1", "t3.medium", "t3.large")
-    assert data["seconds"] == 820
+    assert data["seconds"] == 870
     up = data["phases"][0]
-    assert up["changes"] == {"create": 11}
-    assert [(o["name"], o["op"], o["seconds"]) for o in up["operations"]][-1] == ("master-smoke-test", "create", 10)
+    assert up["changes"] == {"create": 12}
+    assert [(o["name"], o["op"], o["seconds"]) for o in up["operations"]][-2:] == [
+        ("master-smoke-test", "create", 10), ("kubeconfig-check", "create", 10)]
     # From each create's start to its delete's end, on the fake's timeline (seconds after the start):
-    # master 0..760, minion-0 60..790, minion-1 120..820 (destroy deletes them in turn); minion-2
-    # from the scale-up (260) to the end of its delete in the scale-down (440).
+    # master 0..810, minion-0 60..840, minion-1 120..870 (destroy deletes them in turn); minion-2
+    # from the scale-up (270) to the end of its delete in the scale-down (450).
     assert sorted((i["name"], i["kind"], i["seconds"]) for i in data["billed_resources"]) == [
-        ("master-instance", "t3.medium", 760), ("minion-0-instance", "t3.large", 730),
-        ("minion-1-instance", "t3.large", 700), ("minion-2-instance", "t3.large", 180)]
+        ("master-instance", "t3.medium", 810), ("minion-0-instance", "t3.large", 780),
+        ("minion-1-instance", "t3.large", 750), ("minion-2-instance", "t3.large", 180)]
     lines = {line["item"]: line["usd"] for line in data["cost_estimate"]["lines"]}
     assert lines == {
-        "EC2 t3.large": 0.0322,  # 1610 s x 0.072 / 3600
-        "EC2 t3.medium": 0.0076,  # 760 s x 0.036 / 3600
-        "EBS gp3 root volumes (30 GiB each)": 0.002,  # 30 GiB x 2370 s / 3600 x 0.073 / 730
-        "public IPv4 addresses (one per host)": 0.0024,  # 2370 s / 3600 x 0.0036
+        "EC2 t3.large": 0.0342,  # 1710 s x 0.072 / 3600
+        "EC2 t3.medium": 0.0081,  # 810 s x 0.036 / 3600
+        "EBS gp3 root volumes (30 GiB each)": 0.0021,  # 30 GiB x 2520 s / 3600 x 0.073 / 730
+        "public IPv4 addresses (one per host)": 0.0025,  # 2520 s / 3600 x 0.0036
     }
     md = (tmp_path / "REPORT.md").read_text()
     assert "**Result: PASSED**" in md and "| rerun |" in md and "| scale-down | minion-2-drain | delete | 10 | ok |" in md
+    assert "| up | kubeconfig-check | create | 10 | ok |" in md and "| up | master-instance | create | 60 | ok |" in md
     assert "an estimate, not a bill" in md and "LEFT BEHIND" not in md
 
 
@@ -300,14 +306,14 @@ def test_nodes_not_ready_are_waited_for_within_the_bound_then_named() -> None:
     run, _, _ = drive("node-not-ready")
     up = run.phase("up")
     assert "nodes after 30 attempts 10 s apart: node minion-0 is not Ready; node minion-1 is not Ready" in up.message
-    assert up.seconds == 260.0 + 29 * 10
+    assert up.seconds == 270.0 + 29 * 10
 
 
 def test_destroy_is_tried_twice() -> None:
     run, stack, _ = drive("destroy-fails-once")
     assert statuses(run)["destroy"] == "passed" and run.removed
     assert stack.calls[-3:] == ["destroy", "destroy", "remove_stack"]
-    assert run.phase("destroy").changes == {"delete": 11}
+    assert run.phase("destroy").changes == {"delete": 12}
 
 
 def test_destroy_failure_keeps_the_stack_and_says_what_is_left() -> None:
@@ -389,6 +395,11 @@ def test_rerun_fails_when_hosts_are_replaced() -> None:
     assert message.startswith("the re-run was to keep the running hosts, but it changed master-instance (create-replacement)")
 
 
+def test_up_fails_without_the_programs_kubeconfig_check() -> None:
+    run, _, _ = drive("no-kubeconfig-check")
+    assert run.phase("up").message == "kubeconfig-check: expected a successful create; saw no event"
+
+
 def test_rerun_fails_when_the_smoke_test_did_not_run_again() -> None:
     run, _, _ = drive("smoke-not-rerun")
     assert run.phase("rerun").status == "failed"
@@ -431,6 +442,7 @@ def test_the_names_the_driver_checks_are_the_programs() -> None:
     assert dev.mocks.named(drain_step(2)).inputs.get("delete"), "the drain runs on delete"
     assert dev.mocks.named(instance(minion(2))).typ == VM
     assert dev.mocks.named("master-smoke-test").typ == CMD
+    assert dev.mocks.named("kubeconfig-check").typ == LOCAL
     volumes = dev.mocks.of_type("aws:ebs/volume:Volume")  # costed by the size input of its create step
     assert volumes and all(isinstance(v.inputs["size"], (int, float)) and v.inputs["size"] > 0 for v in volumes)  # protobuf: 10.0
 
