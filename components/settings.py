@@ -93,7 +93,7 @@ class Settings:
     ami_id: str | None
     """None: unset, the newest Canonical Ubuntu 24.04 amd64 image."""
     availability_zone: str | None
-    """None: unset."""
+    """None: unset; the cluster takes the first zone offering both instance types (cluster.choose_availability_zone)."""
     root_volume_gb: int
     cert_validity_hours: int
     allow_upstream_checksums: bool
