@@ -81,7 +81,8 @@ def _daemon_step(
         files.update(own)
         swaps += [(staged[b], b) for b in daemon.binaries]
         configs = [f.path for f in daemon.files]
-        inputs = list(own) + [f"{PKI_DIR}/{p}" for p in daemon.pki] + list(daemon.binaries)
+        live = {f.path for f in daemon.live_files}
+        inputs = [p for p in own if p not in live] + [f"{PKI_DIR}/{p}" for p in daemon.pki] + list(daemon.binaries)
         for unit in daemon.packaged_units:
             starts.append((unit, configs))
             units.append(unit)

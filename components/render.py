@@ -64,12 +64,16 @@ class Daemon:
     """Units shipped by an OS package; restarted when this daemon's config files change."""
     required_units: tuple[str, ...] = ()
     """Units (among `files`) the daemon's unit pulls in by Requires=: never started on their own."""
+    live_files: tuple[File, ...] = ()
+    """Files written with the daemon's but read again by a running process itself: no restart input."""
 
     @property
     def all_files(self) -> tuple[File, ...]:
         unit_files = tuple(File(f"/etc/systemd/system/{u}", f"units/{u}.j2") for u in self.units)
-        return unit_files + self.files
+        return unit_files + self.files + self.live_files
 
+
+DOCKER_DROP_IN = "/etc/systemd/system/docker.service.d/10-kube-ec2.conf"
 
 DAEMONS: dict[str, Daemon] = {
     "etcd": Daemon(
@@ -122,10 +126,14 @@ DAEMONS: dict[str, Daemon] = {
         units=("cri-docker.socket", "cri-docker.service"),
         files=(
             File("/etc/docker/daemon.json", "configs/docker-daemon.json.j2"),
-            File("/etc/cni/net.d/10-flannel.conflist", "configs/10-flannel.conflist.j2"),
+            File(DOCKER_DROP_IN, "configs/docker-service.conf.j2"),
         ),
         binaries=("/usr/local/bin/cri-dockerd",),
         packaged_units=("docker.service",),
+        # cri-dockerd re-reads /etc/cni/net.d by itself (dockershim's network/cni/cni.go, which it
+        # carries: a sync every 5 s), so a CNI change restarts neither Docker nor cri-dockerd (nor,
+        # through Requires=, the kubelet).
+        live_files=(File("/etc/cni/net.d/10-flannel.conflist", "configs/10-flannel.conflist.j2"),),
     ),
     "kubelet": Daemon(
         units=("kubelet.service",),
@@ -222,6 +230,7 @@ def context(settings: Settings, host: HostPlan) -> dict[str, Any]:
         "etcd_volume_wait_seconds": ETCD_VOLUME_WAIT_SECONDS,
         "storage_env": STORAGE_ENV,
         "images": imgs,
+        "runtime_minimums": versions.runtime_minimums(),
         "downloads": versions.downloads(host.role, settings.kubernetes_version),
     }
 

@@ -75,7 +75,7 @@ class Download:
 def load() -> dict[str, Any]:
     data = yaml.safe_load(VERSIONS_YAML.read_text())
     for name, entry in data.items():
-        if name in ("images",):
+        if name in ("images", "runtime"):
             continue
         hashes = entry["sha256"]
         flat = [h for per in hashes.values() for h in per.values()] if isinstance(hashes, dict) else [hashes]
@@ -95,6 +95,11 @@ def has_pinned_hashes(version: str) -> bool:
 
 def images() -> dict[str, str]:
     return dict(load()["images"])
+
+
+def runtime_minimums() -> dict[str, str]:
+    """Ubuntu package -> the oldest upstream version the docker step accepts."""
+    return {pkg: str(v) for pkg, v in load()["runtime"]["minimum"].items()}
 
 
 def downloads(role: str, kubernetes_version: str) -> tuple[Download, ...]:

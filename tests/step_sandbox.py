@@ -70,7 +70,7 @@ CTL = "/run/kube-ec2-sandbox"
 """Where the stubs find their rules and write their call log, inside the namespace."""
 
 STUBBED = (
-    "systemctl", "journalctl", "curl", "cloud-init", "docker", "kubectl", "etcdctl",
+    "systemctl", "journalctl", "curl", "cloud-init", "docker", "kubectl", "etcdctl", "apt-mark", "dpkg-query",
     "modprobe", "sysctl", "swapoff", "timedatectl",
 )
 REAL_TOOLS = (

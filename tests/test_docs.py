@@ -24,9 +24,11 @@ def test_every_config_key_is_documented_with_its_default() -> None:
 def test_every_pinned_version_is_named() -> None:
     data = versions.load()
     for name, entry in data.items():
-        if name in ("kubernetes", "images"):
+        if name in ("kubernetes", "images", "runtime"):
             continue
         assert str(entry["version"]) in README, name
+    for package, minimum in versions.runtime_minimums().items():
+        assert f"`{package}` ≥ {minimum}" in README, package
     for ref in versions.images().values():
         assert ref.rsplit(":", 1)[1].lstrip("v") in README, ref
     assert load_schema()["kubernetesVersion"]["default"] in README

@@ -143,8 +143,15 @@ def test_every_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
         unit_dir = tmp_path / host.role
         unit_dir.mkdir()
         units = []
+        drop_in_units = []
         for path, (_, content) in render.host_files(s, host).items():
-            if path.startswith("/etc/systemd/system/"):
+            relative = path.removeprefix("/etc/systemd/system/")
+            if relative != path and "/" in relative:
+                # A drop-in (docker.service.d/...): verified with the unit it changes, below.
+                (unit_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+                (unit_dir / relative).write_text(content)
+                drop_in_units.append(str(unit_dir / relative.split(".d/", 1)[0]))
+            elif relative != path:
                 unit = unit_dir / Path(path).name
                 unit.write_text(content.replace("/usr/local/bin/", f"{bin_dir}/").replace("/usr/local/sbin/", f"{bin_dir}/"))
                 units.append(str(unit))
@@ -154,7 +161,7 @@ def test_every_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
                     stub.chmod(0o755)
         (unit_dir / "docker.service").write_text("[Service]\nExecStart=/bin/true\n")
         assert sorted(Path(u).name for u in units) == UNITS[host.role]
-        result = subprocess.run([tool, "verify", *units], capture_output=True, text=True, cwd=unit_dir)
+        result = subprocess.run([tool, "verify", *units, *drop_in_units], capture_output=True, text=True, cwd=unit_dir)
         output = "\n".join(
             line
             for line in (result.stdout + result.stderr).splitlines()

@@ -347,7 +347,9 @@ def test_pod_mtu_is_one_value_within_the_vxlan_limit(stack: offline.Run) -> None
         assert len(set(present.values())) <= 1, f"{minion}: {mtus}"
         assert all(v <= 9001 - 50 for v in present.values()), f"{minion}: {mtus}"
         if is_dev(stack):
-            assert mtus == {"cni": 8951, "docker": 8951}
+            # Pods take flannel's FLANNEL_MTU (no MTU in the CNI config); the flanneld step fails
+            # unless that is 8951.
+            assert mtus == {"cni": None, "docker": 8951}
 
 
 def test_cgroup_driver_agrees_between_kubelet_and_docker(stack: offline.Run) -> None:

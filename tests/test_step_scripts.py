@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import json
 import os
 import re
 import shlex
@@ -360,10 +361,7 @@ def test_apiserver_step_writes_the_encryption_config_0600_with_the_key_and_never
 
 
 def test_docker_step_restarts_services_never_the_socket(box: Sandbox) -> None:
-    stage_binary(box, "cri-dockerd")
-    sock = box.path("/run/cri-dockerd.sock")
-    with socket.socket(socket.AF_UNIX) as s:
-        s.bind(str(sock))
+    docker_host(box)
     script = step(f"{MINION.name}-docker").script
     assert units_of(script) == ["docker.service", "cri-docker.socket", "cri-docker.service"]
     first = box.run(script)
@@ -974,3 +972,178 @@ def test_every_kubectl_call_of_the_smoke_test_is_bounded() -> None:
         if re.search(r"\bkubectl\b", code) is None:
             continue
         assert re.search(r"timeout (\d+|\$\(\([^)]*\)\)) kubectl ", code), f"kubectl without a client-side bound: {line}"
+
+
+# --- 6. gates: flanneld is this run and ready, pods' MTU, the container runtime
+
+FLANNELD_STEP = f"{MINION.name}-flanneld"
+STARTED = "Tue 2026-12-01 03:00:00 UTC"
+STARTED_EPOCH = 1796094000  # date -d "$STARTED" +%s, written out
+FLANNEL_DEVICE = "ip link add name flannel.1 mtu {mtu} type veth peer name flannel-peer\n"
+"""The host's flannel.1, made in the sandbox's own network namespace before the step runs."""
+
+
+def flanneld_host(box: Sandbox, mtu: int = 8951, written: int = STARTED_EPOCH + 2, state: str = "active") -> None:
+    """A minion whose flanneld (per systemd) started at STARTED and wrote its subnet file at `written`."""
+    for name in render.DAEMONS["flanneld"].pki:
+        box.write(f"{PKI_DIR}/{name}", f"dummy {name}\n", 0o600)
+    stage_binary(box, "flanneld")
+    env = f"FLANNEL_NETWORK=10.200.0.0/16\nFLANNEL_SUBNET=10.200.1.1/24\nFLANNEL_MTU={mtu}\nFLANNEL_IPMASQ=true\n"
+    subnet = box.write("/run/flannel/subnet.env", env)
+    os.utime(subnet, (written, written))
+    flanneld_state(box, state)
+
+
+def flanneld_state(box: Sandbox, state: str) -> None:
+    """What `systemctl show` says about flanneld."""
+    box.clear_rules("systemctl")
+    box.rule("systemctl", "show -P ActiveState flanneld.service", stdout=f"{state}\n")
+    box.rule("systemctl", "show -P InvocationID flanneld.service", stdout="0123456789abcdef\n")
+    box.rule("systemctl", "show -P ExecMainStartTimestamp flanneld.service", stdout=f"{STARTED}\n")
+    box.rule("systemctl", "show -P NRestarts flanneld.service", stdout="7\n")
+
+
+def flanneld_run(box: Sandbox, device_mtu: int = 8951) -> Result:
+    return box.run(FLANNEL_DEVICE.format(mtu=device_mtu) + step(FLANNELD_STEP).script, virtual_clock=True, timeout=60)
+
+
+def test_flanneld_unit_is_notify_and_always_restarted() -> None:
+    unit = render.daemon_files(SETTINGS, MINION, "flanneld")["/etc/systemd/system/flanneld.service"][1]
+    service = unit.split("[Service]", 1)[1]
+    assert "\nType=notify\n" in service and "\nRestart=always\n" in service and "\nTimeoutStartSec=120\n" in service
+
+
+def test_flanneld_gate_passes_on_this_run_with_a_fresh_subnet_file(box: Sandbox) -> None:
+    flanneld_host(box)
+    result = flanneld_run(box)
+    assert result.returncode == 0, result.explain()
+    assert "flanneld active (READY=1): ok" in result.stderr
+    assert "subnet file written by this flanneld run (started 03:00:00): ok" in result.stderr
+    assert "subnet 10.200.1.1/24, flannel MTU 8951, flannel.1 MTU 8951" in result.stderr
+
+
+def test_flanneld_gate_fails_on_a_crash_loop_although_an_old_subnet_file_is_there(box: Sandbox) -> None:
+    """A re-run: flanneld keeps dying (activating, auto-restart), its last subnet file survives."""
+    flanneld_host(box)
+    assert flanneld_run(box).returncode == 0
+    flanneld_state(box, "activating")  # `is-active` (the stub's own state) still says it runs
+    result = flanneld_run(box)
+    assert_failed_with_journals(result, ["flanneld.service"])
+    assert "flanneld active (READY=1): not ready after 150s" in result.stderr
+    assert result.restarted() == [], "a re-run with nothing changed: the gate must not rely on a restart"
+
+
+def test_flanneld_gate_fails_when_the_subnet_file_is_older_than_this_run(box: Sandbox) -> None:
+    """flanneld says READY=1 even when writing the subnet file failed (main.go only warns)."""
+    flanneld_host(box, written=STARTED_EPOCH - 3600)
+    result = flanneld_run(box)
+    assert_failed_with_journals(result, ["flanneld.service"])
+    assert "subnet file written by this flanneld run (started 03:00:00): not ready after 30s" in result.stderr
+
+
+def test_flanneld_gate_fails_when_flanneld_restarts_during_the_check(box: Sandbox) -> None:
+    flanneld_host(box)
+    stub = box.read("/usr/local/bin/systemctl")
+    box.write("/usr/local/bin/stubs/systemctl", stub, 0o755)
+    box.write("/usr/local/bin/systemctl", (
+        "#!/bin/bash\n"
+        "# Each InvocationID query sees a new run of flanneld; everything else goes to the stub.\n"
+        'if [[ $* == "show -P InvocationID flanneld.service" ]]; then\n'
+        "  n=$(cat /tmp/invocations 2>/dev/null || echo 0); echo $((n + 1)) >/tmp/invocations; echo \"run-$n\"; exit 0\n"
+        "fi\n"
+        'exec /usr/local/bin/stubs/systemctl "$@"\n'
+    ), 0o755)
+    result = flanneld_run(box)
+    assert_failed_with_journals(result, ["flanneld.service"])
+    assert "flanneld did not stay up: it restarted or stopped during the check (7 restarts so far)" in result.stderr
+
+
+@pytest.mark.parametrize(("subnet_mtu", "device_mtu"), [(1450, 1450), (8951, 1450)], ids=["flannel", "device"])
+def test_flanneld_gate_fails_on_an_mtu_other_than_the_planned_one(box: Sandbox, subnet_mtu: int, device_mtu: int) -> None:
+    """Pods take flannel's MTU: on an instance without jumbo frames it would be 1450, not 8951."""
+    flanneld_host(box, mtu=subnet_mtu)
+    result = flanneld_run(box, device_mtu=device_mtu)
+    assert_failed_with_journals(result, ["flanneld.service"])
+    assert f"MTU mismatch: flannel chose {subnet_mtu} (flannel.1: {device_mtu}), the cluster is planned for 8951" in result.stderr
+
+
+def test_pod_mtu_comes_from_flannel_not_the_cni_config() -> None:
+    conflist = json.loads(render.daemon_files(SETTINGS, MINION, "docker")["/etc/cni/net.d/10-flannel.conflist"][1])
+    delegate = conflist["plugins"][0]["delegate"]
+    assert "mtu" not in delegate, "a fixed MTU overrides flannel's FLANNEL_MTU (flannel-io/cni-plugin flannel_linux.go)"
+
+
+RUNTIME = {"docker.io": "29.1.3-0ubuntu3~24.04.2", "containerd": "2.2.1-0ubuntu1~24.04.3", "runc": "1.3.3-0ubuntu1~24.04.3"}
+
+
+def docker_host(box: Sandbox, runtime: dict[str, str] = RUNTIME) -> None:
+    stage_binary(box, "cri-dockerd")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(box.path("/run/cri-dockerd.sock")))
+    for pkg, version in runtime.items():
+        box.rule("dpkg-query", f"-W -f=${{Version}} {pkg}", stdout=version)
+    box.rule("dpkg-query", "*", rc=1, stderr="dpkg-query: no packages found matching (sandbox stub)\n")
+
+
+def test_docker_step_holds_the_runtime_and_prints_its_versions(box: Sandbox) -> None:
+    docker_host(box)
+    result = box.run(step(f"{MINION.name}-docker").script)
+    assert result.returncode == 0, result.explain()
+    assert result.called("apt-mark") == [["apt-mark", "hold", "docker.io", "containerd", "runc"]]
+    for line in (
+        "runtime: docker.io 29.1.3-0ubuntu3~24.04.2 (minimum 29.1.3, held)",
+        "runtime: containerd 2.2.1-0ubuntu1~24.04.3 (minimum 2.2.1, held)",
+        "runtime: runc 1.3.3-0ubuntu1~24.04.3 (minimum 1.1.12, held)",
+    ):
+        assert line in result.stderr, result.explain()
+    assert result.restarted() == ["docker.service", "cri-docker.service"]
+    dropin = box.read(render.DOCKER_DROP_IN)
+    assert "[Service]\nTimeoutStartSec=120\n" in dropin
+
+
+@pytest.mark.parametrize(
+    ("runtime", "message"),
+    [
+        ({**RUNTIME, "runc": "1.1.11-0ubuntu1"}, "runtime: runc 1.1.11-0ubuntu1 is older than the minimum 1.1.12"),
+        ({**RUNTIME, "docker.io": "28.2.2-0ubuntu1~24.04.1"},
+         "runtime: docker.io 28.2.2-0ubuntu1~24.04.1 is older than the minimum 29.1.3"),
+        ({k: v for k, v in RUNTIME.items() if k != "containerd"}, "runtime: containerd is not installed"),
+    ],
+    ids=["old-runc", "old-docker", "no-containerd"],
+)
+def test_docker_step_refuses_an_outdated_runtime_before_starting_it(box: Sandbox, runtime: dict[str, str], message: str) -> None:
+    docker_host(box, runtime)
+    script = step(f"{MINION.name}-docker").script
+    result = box.run(script)
+    assert_failed_with_journals(result, units_of(script))
+    assert message in result.stderr
+    assert "refusing to start an outdated or missing container runtime" in result.stderr
+    assert result.restarted() == []
+
+
+def test_docker_restart_past_its_bound_fails_with_the_journal(box: Sandbox) -> None:
+    """systemd ends a start that passes the drop-in's TimeoutStartSec and fails the job, as here."""
+    docker_host(box)
+    box.rule("systemctl", "restart docker.service", rc=1,
+             stderr="Job for docker.service failed because a timeout was exceeded.\n")
+    script = step(f"{MINION.name}-docker").script
+    result = box.run(script)
+    assert_failed_with_journals(result, units_of(script))
+    assert "Job for docker.service failed because a timeout was exceeded." in result.stderr
+    assert "cri-docker.service" not in result.restarted()
+
+
+def test_a_cni_config_change_restarts_nothing(box: Sandbox) -> None:
+    """cri-dockerd re-reads /etc/cni/net.d itself; Docker, cri-dockerd and the kubelet keep running."""
+    docker_host(box)
+    script = step(f"{MINION.name}-docker").script
+    assert box.run(script).restarted() == ["docker.service", "cri-docker.service"]
+    head = "put_file /etc/cni/net.d/10-flannel.conflist 0644 <<'KUBE_EC2_EOF'\n"
+    assert script.count(head) == 1
+    result = box.run(script.replace(head, head + '{"changed": true,\n'))
+    assert result.returncode == 0, result.explain()
+    assert result.wrote() == ["/etc/cni/net.d/10-flannel.conflist"]
+    assert result.restarted() == []
+    json_head = "put_file /etc/docker/daemon.json 0644 <<'KUBE_EC2_EOF'\n"
+    changed_daemon_json = script.replace(json_head, json_head + '{"changed": 1,\n')
+    assert box.run(changed_daemon_json).restarted() == ["docker.service", "cri-docker.service"]

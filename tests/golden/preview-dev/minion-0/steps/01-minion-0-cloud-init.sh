@@ -171,6 +171,8 @@ install_archive flannel_cni 1.7.1-flannel2 https://github.com/flannel-io/cni-plu
 install_archive cri_dockerd 0.3.24 https://github.com/Mirantis/cri-dockerd/releases/download/v0.3.24/cri-dockerd-0.3.24.amd64.tgz dd4b7f514c248a3aaca398f467430a4c58aae9a77ea8b96a2f5b5d6fba0948d1 cri-dockerd/cri-dockerd=/opt/kube-ec2/cri_dockerd/0.3.24/cri-dockerd
 install_archive cni_plugins 1.8.0 https://github.com/containernetworking/plugins/releases/download/v1.8.0/cni-plugins-linux-amd64-v1.8.0.tgz ab3bda535f9d90766cccc90d3dddb5482003dd744d7f22bcf98186bf8eea8be6 bridge=/opt/cni/bin/bridge host-local=/opt/cni/bin/host-local loopback=/opt/cni/bin/loopback portmap=/opt/cni/bin/portmap
 
+# The container runtime changes only through the program, node by node: unattended upgrades skip it.
+apt-mark hold docker.io containerd runc
 install -d -m 0700 /etc/kubernetes/pki /var/lib/etcd
 install -d -m 0755 /var/log/kubernetes /etc/kube-ec2 /var/lib/kube-ec2
 date -u +%FT%TZ > /var/lib/kube-ec2/cloud-init.done

@@ -82,6 +82,9 @@ Wants=network-online.target
 Before=docker.service cri-docker.service kubelet.service
 
 [Service]
+# flanneld says READY=1 once it holds its lease and wrote the subnet file (flannel 0.27 main.go), and
+# exits, with 0, when its lease is lost: active means "this run is ready", and any exit restarts it.
+Type=notify
 ExecStart=/usr/local/bin/flanneld \
   --etcd-cafile=/etc/kubernetes/pki/etcd-ca.crt \
   --etcd-certfile=/etc/kubernetes/pki/flannel-etcd.crt \
@@ -91,8 +94,9 @@ ExecStart=/usr/local/bin/flanneld \
   --iface=10.240.0.11 \
   --ip-masq=true \
   --subnet-file=/run/flannel/subnet.env
-Restart=on-failure
+Restart=always
 RestartSec=5
+TimeoutStartSec=120
 
 [Install]
 WantedBy=multi-user.target
@@ -115,11 +119,36 @@ swap_binary() {
 swap_binary /opt/kube-ec2/flannel/0.27.4/flanneld /usr/local/bin/flanneld
 
 ensure_started flanneld.service /etc/systemd/system/flanneld.service /etc/kubernetes/pki/etcd-ca.crt /etc/kubernetes/pki/flannel-etcd.crt /etc/kubernetes/pki/flannel-etcd.key /usr/local/bin/flanneld
-wait_until 120 "flannel subnet lease" test -s /run/flannel/subnet.env
+# Ready means this run of flanneld: it is active (it said READY=1: Type=notify), the subnet file was
+# written after this run started (a file left by an earlier run survives restarts), and it is still
+# the same run a moment later (a crash-looping flanneld is active only between its restarts).
+SUBNET_FILE=/run/flannel/subnet.env
+flanneld_prop() { systemctl show -P "$1" flanneld.service; }
+flanneld_active() { test "$(flanneld_prop ActiveState)" = active; }
+subnet_file_fresh() { test -s "$SUBNET_FILE" && test "$(stat -c %Y "$SUBNET_FILE")" -ge "$started"; }
+wait_until 150 "flanneld active (READY=1)" flanneld_active
+invocation=$(flanneld_prop InvocationID)
+started_at=$(flanneld_prop ExecMainStartTimestamp)
+if [[ -z $started_at ]]; then
+  log "flanneld is active but systemd reports no start time for it"
+  exit 1
+fi
+started=$(date -d "$started_at" +%s)
+wait_until 30 "subnet file written by this flanneld run (started $(date -u -d "@$started" +%T))" subnet_file_fresh
+sleep 5
+if ! flanneld_active || [[ $(flanneld_prop InvocationID) != "$invocation" ]]; then
+  log "flanneld did not stay up: it restarted or stopped during the check ($(flanneld_prop NRestarts) restarts so far)"
+  exit 1
+fi
 wait_until 30 "flannel.1 VXLAN device" ip link show flannel.1
-# shellcheck disable=SC1091
-source /run/flannel/subnet.env
-log "subnet ${FLANNEL_SUBNET:-?} mtu ${FLANNEL_MTU:-?} (pods use 8951: VPC MTU minus VXLAN overhead)"
-if [[ ${FLANNEL_MTU:-} != 8951 ]]; then
-  log "warning: flannel chose MTU ${FLANNEL_MTU:-?}, expected 8951; this instance type may not use jumbo frames"
+
+# Pods take flannel's MTU (the CNI config sets none: the flannel plugin reads FLANNEL_MTU), so it
+# must be the MTU the cluster is planned for: VPC frames of 9001 bytes minus VXLAN's 50.
+# shellcheck disable=SC1090
+source "$SUBNET_FILE"
+device_mtu=$(ip -o link show flannel.1 | grep -o 'mtu [0-9]*' | cut -d' ' -f2)
+log "subnet ${FLANNEL_SUBNET:-?}, flannel MTU ${FLANNEL_MTU:-?}, flannel.1 MTU $device_mtu"
+if [[ ${FLANNEL_MTU:-} != 8951 || $device_mtu != 8951 ]]; then
+  log "MTU mismatch: flannel chose ${FLANNEL_MTU:-none} (flannel.1: $device_mtu), the cluster is planned for 8951; this instance's network does not carry 9001-byte frames"
+  exit 1
 fi

@@ -71,8 +71,30 @@ ensure_started() {
   echo "$want" >"$stamp"
 }
 
-# docker.io was installed (and started with Ubuntu's defaults) by cloud-init; daemon.json below
-# restarts it with the systemd cgroup driver and a bridge clear of the cluster's ranges.
+# The container runtime is Ubuntu's docker.io, containerd and runc, installed by cloud-init and held
+# there (apt-mark) so unattended upgrades never swap it under a running node: it changes only
+# through the program. Refuse to start it below the minimums of versions.yaml.
+apt-mark hold docker.io containerd runc >/dev/null
+runtime_ok=true
+# at_least PACKAGE MINIMUM: print the installed version; false when it is missing or older.
+at_least() {
+  local have
+  have=$(dpkg-query -W -f='${Version}' "$1" 2>/dev/null) || have=
+  if [[ -z $have ]]; then
+    log "runtime: $1 is not installed"
+    return 1
+  fi
+  log "runtime: $1 $have (minimum $2, held)"
+  dpkg --compare-versions "$have" ge "$2" || { log "runtime: $1 $have is older than the minimum $2 (versions.yaml runtime.minimum)"; return 1; }
+}
+at_least docker.io 29.1.3 || runtime_ok=false
+at_least containerd 2.2.1 || runtime_ok=false
+at_least runc 1.1.12 || runtime_ok=false
+if [[ $runtime_ok != true ]]; then
+  log "refusing to start an outdated or missing container runtime"
+  exit 1
+fi
+# docker.service (docker.io) has TimeoutStartSec=0: the drop-in below bounds every (re)start.
 # Files of docker: the same content cloud-init wrote, so a changed template
 # reaches a running host.
 put_file /etc/systemd/system/cri-docker.socket 0644 <<'KUBE_EC2_EOF'
@@ -124,6 +146,12 @@ put_file /etc/docker/daemon.json 0644 <<'KUBE_EC2_EOF'
   "storage-driver": "overlay2"
 }
 KUBE_EC2_EOF
+put_file /etc/systemd/system/docker.service.d/10-kube-ec2.conf 0644 <<'KUBE_EC2_EOF'
+# kube-ec2: docker.io's unit waits for ever for Docker to start (TimeoutStartSec=0); a start or
+# restart that hangs fails after this bound instead, and the docker step prints the journal.
+[Service]
+TimeoutStartSec=120
+KUBE_EC2_EOF
 put_file /etc/cni/net.d/10-flannel.conflist 0644 <<'KUBE_EC2_EOF'
 {
   "name": "cbr0",
@@ -133,8 +161,7 @@ put_file /etc/cni/net.d/10-flannel.conflist 0644 <<'KUBE_EC2_EOF'
       "type": "flannel",
       "delegate": {
         "hairpinMode": true,
-        "isDefaultGateway": true,
-        "mtu": 8951
+        "isDefaultGateway": true
       }
     },
     {
@@ -161,8 +188,8 @@ swap_binary() {
 }
 swap_binary /opt/kube-ec2/cri_dockerd/0.3.24/cri-dockerd /usr/local/bin/cri-dockerd
 
-ensure_started docker.service /etc/docker/daemon.json /etc/cni/net.d/10-flannel.conflist
-ensure_started cri-docker.service /etc/systemd/system/cri-docker.socket /etc/systemd/system/cri-docker.service /etc/docker/daemon.json /etc/cni/net.d/10-flannel.conflist /usr/local/bin/cri-dockerd
+ensure_started docker.service /etc/docker/daemon.json /etc/systemd/system/docker.service.d/10-kube-ec2.conf
+ensure_started cri-docker.service /etc/systemd/system/cri-docker.socket /etc/systemd/system/cri-docker.service /etc/docker/daemon.json /etc/systemd/system/docker.service.d/10-kube-ec2.conf /usr/local/bin/cri-dockerd
 wait_until 60 "docker" timeout 10 docker info
 wait_until 60 "cri-dockerd socket" test -S /run/cri-dockerd.sock
 wait_until 60 "cri-dockerd" systemctl is-active --quiet cri-docker.service
