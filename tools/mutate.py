@@ -231,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    if subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout.strip():
+        commit += " with uncommitted changes"
     repo = scratch_copy(ROOT)
     try:
         if not args.no_baseline:
