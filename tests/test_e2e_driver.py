@@ -29,6 +29,7 @@ from cryptography.x509.oid import NameOID
 from pulumi import automation as auto
 from pulumi.automation import CommandError, CommandResult, EngineEvent
 
+from components import offline
 from components import pki as program_pki
 from components.settings import ConfigError, load_schema, parse_settings
 from e2e import checks, cost, preflight, report
@@ -459,6 +460,27 @@ def test_the_calls_the_driver_makes_exist_on_the_pinned_automation_api() -> None
     assert {"resource_changes"} <= set(inspect.signature(auto.UpdateSummary).parameters)
     assert {"timestamp", "resource_pre_event", "res_outputs_event", "res_op_failed_event"} <= set(
         inspect.signature(EngineEvent).parameters)
+
+
+def test_the_rerun_change_renews_every_certificate_and_leaves_the_hosts_alone() -> None:
+    """Phase 4 under the offline engine: what certValidityHours 8760 -> 8784 changes and what it must not.
+
+    validity_period_hours forces a new certificate (RequiresReplace in hashicorp/terraform-provider-tls
+    internal/provider/resource_locally_signed_cert.go at 14621e27b03a02fe200f109f44df7c0515abd9e3);
+    each host's certificate fingerprint is a trigger of its steps, so they re-run. Instances, the
+    Elastic IP and etcd's volume must see identical inputs, or the run would replace running hosts.
+    """
+    base = offline.stack_config("dev") | {"kube-ec2:minionCount": str(OPTIONS.minions)}
+    before = offline.run("dev", base | {"kube-ec2:certValidityHours": str(OPTIONS.cert_validity_hours)})
+    after = offline.run("dev", base | {"kube-ec2:certValidityHours": str(OPTIONS.rerun_cert_validity_hours)})
+    leaf = "tls:index/locallySignedCert:LocallySignedCert"
+    assert {r.inputs["validityPeriodHours"] for r in before.mocks.of_type(leaf)} == {8760}
+    assert {r.inputs["validityPeriodHours"] for r in after.mocks.of_type(leaf)} == {8784}
+    kept = [r for typ in (VM, "aws:ec2/eip:Eip", "aws:ebs/volume:Volume", "aws:ec2/volumeAttachment:VolumeAttachment")
+            for r in before.mocks.of_type(typ)]
+    assert len(kept) == 3 + 1 + 1 + 1
+    for resource in kept:
+        assert after.mocks.named(resource.name).inputs == resource.inputs, resource.name
 
 
 def test_the_drivers_configuration_is_valid_for_the_program() -> None:
