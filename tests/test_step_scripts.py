@@ -828,7 +828,9 @@ def test_coredns_applies_its_manifest_and_waits_bounded(box: Sandbox) -> None:
     result = box.run(script)
     assert result.returncode == 0, result.explain()
     assert box.read("/etc/kube-ec2/coredns.yaml") == manifest
-    assert result.called("kubectl", "apply") == [["kubectl", "apply", "-f", "/etc/kube-ec2/coredns.yaml"]]
+    assert result.called("kubectl", "--request-timeout=30s", "apply") == [
+        ["kubectl", "--request-timeout=30s", "apply", "-f", "/etc/kube-ec2/coredns.yaml"]
+    ]
     rollout = result.called("kubectl", "-n", "kube-system", "rollout", "status")
     assert len(rollout) == 1 and "--timeout=300s" in rollout[0]
     again = box.run(script)
@@ -837,7 +839,7 @@ def test_coredns_applies_its_manifest_and_waits_bounded(box: Sandbox) -> None:
 
 def test_coredns_rollout_failure_prints_pods_events_and_journal(box: Sandbox) -> None:
     box.rule("kubectl", "-n kube-system rollout status *", rc=1, stderr="error: timed out waiting (sandbox stub)\n")
-    box.rule("kubectl", "-n kube-system get pods *", stdout="coredns-abc 0/1 CrashLoopBackOff STUB-PODS\n")
+    box.rule("kubectl", "--request-timeout=30s -n kube-system get pods *", stdout="coredns-abc 0/1 CrashLoopBackOff STUB-PODS\n")
     script = step("master-coredns").script
     result = box.run(script)
     assert_failed_with_journals(result, units_of(script))
@@ -921,7 +923,7 @@ def test_smoke_test_with_no_ready_node_fails_with_node_conditions(box: Sandbox) 
     assert_failed_with_journals(result, units_of(script))
     assert "no Ready, schedulable node to run the smoke test on" in result.stderr
     assert "STUB-CONDITION" in result.stderr
-    assert result.called("kubectl", "apply") == []
+    assert [c for c in result.calls if c[0] == "kubectl" and "apply" in c] == []
 
 
 def test_smoke_test_fails_when_pods_do_not_spread(box: Sandbox) -> None:
@@ -963,6 +965,30 @@ def test_smoke_test_a_truncated_answer_fails(box: Sandbox) -> None:
     result = box.run(step("master-smoke-test").script, virtual_clock=True)
     assert result.returncode != 0
     assert "FAILED master -> pod: minion-0 (10.200.1.5): exit 0 after 3 attempt(s), 1400 of 12320 bytes back" in result.stderr
+
+
+KUBECTL_COMMAND = re.compile(r'(^\s*|[;|&(!]\s*|\b(if|then|do|until|while|timeout \S+|wait_until \d+ "[^"]*")\s+)kubectl\s')
+"""kubectl in command position (not an argument such as a download's name)."""
+
+
+def _kubectl_bounded(code: str) -> bool:
+    """A request timeout, a client-side `timeout N`, or a waiting command's own --timeout."""
+    return (
+        "--request-timeout" in code
+        or re.search(r"timeout (\d+|\$\(\([^)]*\)\)) kubectl ", code) is not None
+        or (re.search(r"kubectl .*\b(rollout status|drain|wait)\b", code) is not None and "--timeout=" in code)
+    )
+
+
+@pytest.mark.parametrize(("name", "script"), _all_scripts(), ids=[n for n, _ in _all_scripts()])
+def test_every_kubectl_call_of_every_step_is_bounded(name: str, script: str) -> None:
+    """A kubectl call against an API that stopped answering must end by itself (issue 10)."""
+    assert not _kubectl_bounded("kubectl -n kube-system get pods"), "the check itself must be able to fail"
+    for line in script.splitlines():
+        code = line.split(" #", 1)[0]
+        if code.lstrip().startswith("#") or KUBECTL_COMMAND.search(code) is None:
+            continue
+        assert _kubectl_bounded(code), f"{name}: kubectl without a time limit: {line.strip()}"
 
 
 def test_every_kubectl_call_of_the_smoke_test_is_bounded() -> None:

@@ -87,4 +87,4 @@ subjects:
     kind: User
     name: kube-apiserver-kubelet-client
 KUBE_EC2_EOF
-kubectl apply -f /etc/kube-ec2/cluster-rbac.yaml
+kubectl --request-timeout=30s apply -f /etc/kube-ec2/cluster-rbac.yaml

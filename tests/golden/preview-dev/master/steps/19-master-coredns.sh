@@ -72,8 +72,8 @@ ensure_started() {
 }
 
 step_debug() {
-  kubectl -n kube-system get pods -l k8s-app=kube-dns -o wide || true
-  kubectl -n kube-system get events --sort-by=.lastTimestamp | tail -n 30 || true
+  kubectl --request-timeout=30s -n kube-system get pods -l k8s-app=kube-dns -o wide || true
+  kubectl --request-timeout=30s -n kube-system get events --sort-by=.lastTimestamp | tail -n 30 || true
 }
 
 put_file /etc/kube-ec2/coredns.yaml 0644 <<'KUBE_EC2_EOF'
@@ -205,5 +205,5 @@ spec:
     - {name: dns-tcp, port: 53, protocol: TCP}
     - {name: metrics, port: 9153, protocol: TCP}
 KUBE_EC2_EOF
-kubectl apply -f /etc/kube-ec2/coredns.yaml
-kubectl -n kube-system rollout status deployment/coredns --timeout=300s
+kubectl --request-timeout=30s apply -f /etc/kube-ec2/coredns.yaml
+timeout 330 kubectl -n kube-system rollout status deployment/coredns --timeout=300s
