@@ -950,11 +950,27 @@ def test_smoke_test_failure_names_the_path_with_the_probes_output_and_node_condi
         "FAILED master -> pod: minion-1 (10.200.2.5): exit 28 after 3 attempt(s), 0 of 12320 bytes back; "
         "probe said: curl: (28) STUB-TIMED-OUT after 10001 milliseconds"
     ) in result.stderr
-    assert f"smoke test FAILED: 1 of {SETTINGS.minion_count * (SETTINGS.minion_count + 2)} probes failed" in result.stderr
+    total = SETTINGS.minion_count * (SETTINGS.minion_count + 2)
+    assert f"smoke test FAILED: 1 of {total} probes failed, 0 not run after that" in result.stderr
     assert "----- node conditions -----" in result.stderr and "STUB-CONDITION" in result.stderr
     assert len([p for p in probes(result) if p == ("master", "http://10.200.2.5:8080/echo")]) == 3
     assert "smoke test passed" not in result.stderr
     assert box.tmp_leftovers() == []
+
+
+def test_smoke_test_stops_probing_after_twelve_failures(box: Sandbox) -> None:
+    """A network broken everywhere: 12 failed probes decide, the rest are counted as not run."""
+    smoke_rules(box)
+    box.clear_rules("kubectl")
+    box.rule("kubectl", f"--request-timeout=30s -n {SMOKE_NS} exec -i *", rc=28, stderr="curl: (28) STUB\n")
+    box.clear_rules("curl")
+    box.rule("curl", "*", rc=7, stderr="curl: (7) STUB\n")
+    smoke_rules(box)
+    result = box.run(step("master-smoke-test").script, virtual_clock=True)
+    total = SETTINGS.minion_count * (SETTINGS.minion_count + 2)
+    assert result.returncode != 0
+    assert len(probes(result)) == 12 * 3, "each failed probe tries 3 times, then no more probes"
+    assert f"smoke test FAILED: 12 of {total} probes failed, {total - 12} not run after that" in result.stderr
 
 
 def test_smoke_test_a_truncated_answer_fails(box: Sandbox) -> None:
