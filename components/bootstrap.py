@@ -131,7 +131,7 @@ def plan(settings: Settings) -> tuple[Step, ...]:
     m = settings.master
     steps: list[Step] = [
         *_first_steps(settings, m),
-        _daemon_step(settings, m, ETCD_STEP, "steps/etcd.sh.j2", ("etcd",), ("master-pki",)),
+        _daemon_step(settings, m, ETCD_STEP, "steps/etcd.sh.j2", ("etcd", "etcd-snapshot"), ("master-pki",)),
         Step(
             "master-flannel-network",
             m.name,

@@ -15,7 +15,7 @@ from components.network import Network, cluster_tags
 from components.pki import Pki
 from components.security import SecurityGroups
 from components.settings import Settings
-from components.storage import EtcdVolume
+from components.storage import EtcdVolume, SnapshotBucket
 
 # Canonical's AWS account; the image name pattern of Ubuntu 24.04 LTS (noble) amd64 server.
 CANONICAL_OWNER = "099720109477"
@@ -95,6 +95,8 @@ class Cluster(pulumi.ComponentResource):
     ssh_private_key: pulumi.Output[str]
     kubeconfig: pulumi.Output[str]
     kubeconfig_check: command.local.Command
+    snapshot_bucket: pulumi.Output[str]
+    """Name of the S3 bucket holding etcd's snapshots."""
 
     def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("kube-ec2:index:Cluster", name, None, opts)
@@ -128,7 +130,10 @@ class Cluster(pulumi.ComponentResource):
                 opts=pulumi.InvokeOutputOptions(parent=self),
             ).id
 
-        def host(plan, instance_type: str, group: aws.ec2.SecurityGroup, elastic_ip: bool, user_data: pulumi.Input[str]) -> Host:
+        def host(
+            plan, instance_type: str, group: aws.ec2.SecurityGroup, elastic_ip: bool, user_data: pulumi.Input[str],
+            instance_profile: pulumi.Input[str] | None = None,
+        ) -> Host:
             args = HostArgs(
                 plan=plan,
                 instance_type=instance_type,
@@ -140,18 +145,23 @@ class Cluster(pulumi.ComponentResource):
                 user_data_base64=user_data,
                 elastic_ip=elastic_ip,
                 after=tuple(foundation),
+                instance_profile=instance_profile,
             )
             return Host(plan.name, settings, args, opts=child)
 
         def plain_user_data(plan) -> str:
             return render.compress(render.user_data(settings, plan))
 
-        def master_user_data(volume_id: str) -> str:
-            return render.compress(render.user_data(settings, settings.master, {"ETCD_VOLUME_ID": volume_id}))
+        def master_user_data(ids: list[str]) -> str:
+            storage = {"ETCD_VOLUME_ID": ids[0], "SNAPSHOT_BUCKET": ids[1]}
+            return render.compress(render.user_data(settings, settings.master, storage))
 
         etcd_volume = EtcdVolume("etcd", settings, network.subnet.availability_zone, opts=child)
+        snapshots = SnapshotBucket("etcd-snapshots", settings, opts=child)
+        self.snapshot_bucket = snapshots.bucket.id
+        master_data = pulumi.Output.all(etcd_volume.volume.id, snapshots.bucket.id).apply(master_user_data)
         self.master = host(
-            settings.master, settings.master_instance_type, groups.master, True, etcd_volume.volume.id.apply(master_user_data)
+            settings.master, settings.master_instance_type, groups.master, True, master_data, snapshots.instance_profile.id
         )
         etcd_attachment = etcd_volume.attach(self.master.instance)
         self.minions = [host(p, settings.minion_instance_type, groups.minion, False, plain_user_data(p)) for p in settings.minions]

@@ -27,6 +27,8 @@ class HostArgs:
     elastic_ip: bool = False
     after: tuple[pulumi.Resource, ...] = ()
     """What the instance and its Elastic IP need first and must be deleted before (network, security groups)."""
+    instance_profile: pulumi.Input[str] | None = None
+    """IAM instance profile (the master's: write etcd snapshots); minions get none."""
 
 
 class Host(pulumi.ComponentResource):
@@ -49,6 +51,7 @@ class Host(pulumi.ComponentResource):
             private_ip=args.plan.private_ip,
             vpc_security_group_ids=[args.security_group_id],
             key_name=args.key_name,
+            iam_instance_profile=args.instance_profile,
             user_data_base64=args.user_data_base64,
             metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
                 http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1

@@ -81,4 +81,5 @@ def stack_outputs(cluster: Cluster) -> dict[str, pulumi.Output[Any]]:
         "sshUser": pulumi.Output.from_input(SSH_USER),
         "sshPrivateKey": cluster.ssh_private_key,
         "kubeconfig": cluster.kubeconfig,
+        "etcdSnapshotBucket": cluster.snapshot_bucket,
     }

@@ -40,6 +40,9 @@ ETCD_VOLUME_WAIT_SECONDS = 600
 # Values known only once AWS has created them (the volume id, the snapshot bucket): cloud-init
 # writes them on the master, the storage units read them.
 STORAGE_ENV = "/etc/kube-ec2/etcd-storage.env"
+SNAPSHOT_PREFIX = "snapshots"
+"""Key prefix of etcd's snapshots in the bucket: the only place the master may write."""
+SNAPSHOT_STAGE_DIR = f"{STATE_DIR}/etcd-snapshots"
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,8 @@ class Daemon:
     packaged_units: tuple[str, ...] = ()
     """Units shipped by an OS package; restarted when this daemon's config files change."""
     required_units: tuple[str, ...] = ()
-    """Units (among `files`) the daemon's unit pulls in by Requires=: never started on their own."""
+    """Units (among `files`) that run only through the daemon's unit (its Requires=, a timer): never
+    started on their own, but their journal is shown when the step fails."""
     live_files: tuple[File, ...] = ()
     """Files written with the daemon's but read again by a running process itself: no restart input."""
 
@@ -86,6 +90,16 @@ DAEMONS: dict[str, Daemon] = {
         required_units=("etcd-data.service",),
         pki=("etcd-ca.crt", "etcd-server.crt", "etcd-server.key", "etcd-peer.crt", "etcd-peer.key"),
         binaries=("/usr/local/bin/etcd",),
+    ),
+    "etcd-snapshot": Daemon(
+        units=("etcd-snapshot.timer",),
+        files=(
+            File("/etc/systemd/system/etcd-snapshot.service", "units/etcd-snapshot.service.j2"),
+            File("/usr/local/sbin/kube-ec2-etcd-snapshot", "scripts/etcd-snapshot.sh.j2", "0755"),
+        ),
+        pki=("etcd-ca.crt", "apiserver-etcd-client.crt", "apiserver-etcd-client.key"),
+        binaries=("/usr/local/bin/etcdctl", "/usr/local/bin/etcdutl"),
+        required_units=("etcd-snapshot.service",),
     ),
     "kube-apiserver": Daemon(
         units=("kube-apiserver.service",),
@@ -156,7 +170,7 @@ DAEMONS: dict[str, Daemon] = {
 }
 
 ROLE_DAEMONS = {
-    "master": ("etcd", "flanneld", "kube-apiserver", "kube-controller-manager", "kube-scheduler"),
+    "master": ("etcd", "etcd-snapshot", "flanneld", "kube-apiserver", "kube-controller-manager", "kube-scheduler"),
     "minion": ("flanneld", "docker", "kubelet", "kube-proxy"),
 }
 # Files the master needs that belong to no daemon: kubectl's admin kubeconfig (rewritten by the
@@ -229,6 +243,9 @@ def context(settings: Settings, host: HostPlan) -> dict[str, Any]:
         "etcd_volume_xen_device": ETCD_VOLUME_XEN_DEVICE,
         "etcd_volume_wait_seconds": ETCD_VOLUME_WAIT_SECONDS,
         "storage_env": STORAGE_ENV,
+        "region": settings.region,
+        "snapshot_prefix": SNAPSHOT_PREFIX,
+        "snapshot_stage_dir": SNAPSHOT_STAGE_DIR,
         "images": imgs,
         "runtime_minimums": versions.runtime_minimums(),
         "downloads": versions.downloads(host.role, settings.kubernetes_version),

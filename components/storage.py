@@ -9,6 +9,8 @@ snapshots in S3 are what survives a mistake.
 
 from __future__ import annotations
 
+import json
+
 import pulumi
 import pulumi_aws as aws
 
@@ -52,3 +54,98 @@ class EtcdVolume(pulumi.ComponentResource):
             stop_instance_before_detaching=True,
             opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
         )
+
+
+class SnapshotBucket(pulumi.ComponentResource):
+    """A per-stack S3 bucket for etcd snapshots, and the instance profile that may write into it.
+
+    Encrypted (SSE-S3), every kind of public access blocked, versioned (a snapshot overwritten or
+    deleted stays recoverable) with a lifecycle rule so it does not grow for ever. `force_destroy`:
+    `pulumi destroy` deletes it with its snapshots; keep a copy first if you want one. The role may
+    only PutObject under the snapshot prefix of this bucket: not read, list or delete anything.
+    """
+
+    bucket: aws.s3.Bucket
+    instance_profile: aws.iam.InstanceProfile
+
+    def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("kube-ec2:index:SnapshotBucket", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        tags = cluster_tags(settings, name)
+        self.bucket = aws.s3.Bucket(f"{name}-bucket", force_destroy=True, tags=tags, opts=child)
+        aws.s3.BucketPublicAccessBlock(
+            f"{name}-public-access",
+            bucket=self.bucket.id,
+            block_public_acls=True,
+            block_public_policy=True,
+            ignore_public_acls=True,
+            restrict_public_buckets=True,
+            opts=child,
+        )
+        aws.s3.BucketServerSideEncryptionConfiguration(
+            f"{name}-encryption",
+            bucket=self.bucket.id,
+            rules=[
+                aws.s3.BucketServerSideEncryptionConfigurationRuleArgs(
+                    apply_server_side_encryption_by_default=aws.s3.BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultArgs(
+                        sse_algorithm="AES256"
+                    ),
+                )
+            ],
+            opts=child,
+        )
+        versioning = aws.s3.BucketVersioning(
+            f"{name}-versioning",
+            bucket=self.bucket.id,
+            versioning_configuration=aws.s3.BucketVersioningVersioningConfigurationArgs(status="Enabled"),
+            opts=child,
+        )
+        aws.s3.BucketLifecycleConfiguration(
+            f"{name}-lifecycle",
+            bucket=self.bucket.id,
+            rules=[
+                aws.s3.BucketLifecycleConfigurationRuleArgs(
+                    id="expire-snapshots",
+                    status="Enabled",
+                    filter=aws.s3.BucketLifecycleConfigurationRuleFilterArgs(prefix=f"{render.SNAPSHOT_PREFIX}/"),
+                    expiration=aws.s3.BucketLifecycleConfigurationRuleExpirationArgs(days=SNAPSHOT_DAYS),
+                    noncurrent_version_expiration=aws.s3.BucketLifecycleConfigurationRuleNoncurrentVersionExpirationArgs(
+                        noncurrent_days=NONCURRENT_DAYS
+                    ),
+                    abort_incomplete_multipart_upload=aws.s3.BucketLifecycleConfigurationRuleAbortIncompleteMultipartUploadArgs(
+                        days_after_initiation=1
+                    ),
+                )
+            ],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[versioning]),
+        )
+        role = aws.iam.Role(
+            f"{name}-writer",
+            assume_role_policy=json.dumps(ASSUME_ROLE_EC2),
+            description=f"kube-ec2 {settings.cluster_name} master: write etcd snapshots",
+            tags=tags,
+            opts=child,
+        )
+        aws.iam.RolePolicy(
+            f"{name}-put-only",
+            role=role.id,
+            policy=self.bucket.arn.apply(put_only_policy),
+            opts=child,
+        )
+        self.instance_profile = aws.iam.InstanceProfile(f"{name}-writer", role=role.id, tags=tags, opts=child)
+        self.register_outputs({"bucket": self.bucket.id})
+
+
+SNAPSHOT_DAYS = 30
+"""Snapshots are kept this long; a version overwritten or deleted, NONCURRENT_DAYS more."""
+NONCURRENT_DAYS = 7
+ASSUME_ROLE_EC2 = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+}
+
+
+def put_only_policy(bucket_arn: str) -> str:
+    """The master's only permission: put objects under the snapshot prefix of its own bucket."""
+    statement = {"Effect": "Allow", "Action": "s3:PutObject", "Resource": f"{bucket_arn}/{render.SNAPSHOT_PREFIX}/*"}
+    return json.dumps({"Version": "2012-10-17", "Statement": [statement]})

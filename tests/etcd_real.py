@@ -62,6 +62,8 @@ UPSTREAM_35 = EtcdRelease("upstream-3.5", _wheel_bin("etcd"), _wheel_bin("etcdct
 RELEASES = (DEBIAN, UPSTREAM_35)
 TOOLS = ("ip", "unshare", "nsenter", "mount", "bash")
 LOCAL_BIN = "/usr/local/bin"
+ETCDUTL = _wheel_bin("etcdutl")
+"""etcd's offline tool (snapshot status and restore); Debian's 3.4 has none, so both releases use 3.5's."""
 UNIT = "/etc/systemd/system/etcd.service"
 STEP_DIRS = ("/etc/kube-ec2", render.STATE_DIR)
 """Directories the remote steps write into besides the PKI directory."""
@@ -295,7 +297,9 @@ def _create_netns(name: str, settings: Settings) -> None:
     _sh("ip", "-n", name, "link", "set", INTERFACE, "up")
 
 
-def _prepare_dirs(root: Path, rendered: RenderedEtcd, pki: Mapping[str, str], release: EtcdRelease) -> dict[str, Path]:
+def _prepare_dirs(
+    root: Path, rendered: RenderedEtcd, pki: Mapping[str, str], release: EtcdRelease, data: Path | None = None
+) -> dict[str, Path]:
     """Temp directories for every mounted path, filled with the PKI files, rendered config and etcdctl."""
     config_dir = str(Path(rendered.config_path).parent)
     inside = [render.PKI_DIR, config_dir, str(rendered.config["data-dir"]), *STEP_DIRS, LOCAL_BIN]
@@ -306,6 +310,9 @@ def _prepare_dirs(root: Path, rendered: RenderedEtcd, pki: Mapping[str, str], re
         Path(path).mkdir(parents=True, exist_ok=True)  # the mount point on the host (left in place, empty)
         mounts[path] = outside
     (mounts[LOCAL_BIN] / "etcdctl").symlink_to(release.etcdctl)
+    (mounts[LOCAL_BIN] / "etcdutl").symlink_to(ETCDUTL)
+    if data is not None:
+        shutil.copytree(data, mounts[str(rendered.config["data-dir"])], dirs_exist_ok=True)
     mounts[LOCAL_BIN].chmod(0o755)
     for name, pem in pki.items():
         target = mounts[render.PKI_DIR] / name
@@ -362,8 +369,11 @@ def real_etcd(
     *,
     release: EtcdRelease = DEBIAN,
     timeout: float = START_TIMEOUT,
+    data: Path | None = None,
 ) -> Iterator[RealEtcd]:
-    """Start etcd `release` with the rendered settings and `pki` ({file name: PEM}); always torn down."""
+    """Start etcd `release` with the rendered settings and `pki` ({file name: PEM}); always torn down.
+
+    `data`: a directory copied into the data directory first (a restored snapshot)."""
     s = settings or dev_settings()
     rendered = rendered_etcd(s, release)
     netns = f"kube-ec2-etcd-{os.getpid()}-{secrets.token_hex(3)}"
@@ -371,7 +381,7 @@ def real_etcd(
     process: subprocess.Popen[bytes] | None = None
     try:
         _create_netns(netns, s)
-        mounts = _prepare_dirs(root, rendered, pki, release)
+        mounts = _prepare_dirs(root, rendered, pki, release, data)
         log = root / "etcd.log"
         process = _launch(netns, mounts, rendered.command, log)
         etcd = RealEtcd(s, release, rendered, netns, process, root, mounts, log)

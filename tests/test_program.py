@@ -150,6 +150,7 @@ def test_master_has_an_elastic_ip_used_by_api_and_kubeconfig(dev: offline.Run) -
 def test_outputs_and_secrets(stack: offline.Run) -> None:
     assert set(stack.outputs) == {
         "masterPublicIp", "masterPrivateIp", "minionPublicIps", "minionPrivateIps", "sshUser", "sshPrivateKey", "kubeconfig",
+        "etcdSnapshotBucket",
     }
     assert stack.secret_outputs == {"sshPrivateKey", "kubeconfig"}
     assert stack.outputs["sshUser"] == "ubuntu"

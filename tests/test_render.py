@@ -107,6 +107,10 @@ def test_yaml_values_are_escaped() -> None:
 
 def _scripts(s: Settings) -> dict[str, str]:
     scripts = {f"{h.role}-prepare": render.prepare_script(s, h) for h in roles(s)}
+    for h in roles(s):  # scripts cloud-init installs for units to run (etcd's volume, its snapshots)
+        for path, (_mode, content) in render.host_files(s, h).items():
+            if path.startswith("/usr/local/sbin/"):
+                scripts[path.rsplit("/", 1)[1]] = content
     for step in bootstrap.plan(s):
         scripts[step.name] = step.script
         if step.delete_script:
@@ -127,7 +131,8 @@ def test_every_script_passes_shellcheck(tmp_path: Path) -> None:
 
 
 UNITS = {
-    "master": sorted(["etcd.service", "etcd-data.service", "flanneld.service", "kube-apiserver.service",
+    "master": sorted(["etcd.service", "etcd-data.service", "etcd-snapshot.service", "etcd-snapshot.timer",
+                      "flanneld.service", "kube-apiserver.service",
                       "kube-controller-manager.service", "kube-scheduler.service"]),
     "minion": sorted(["cri-docker.service", "cri-docker.socket", "flanneld.service", "kubelet.service", "kube-proxy.service"]),
 }

@@ -58,3 +58,51 @@ def test_volume_is_neither_protected_nor_retained_so_destroy_removes_it() -> Non
 def test_etcd_step_waits_for_the_attachment() -> None:
     """etcd starts on its volume; on destroy the attachment (which stops the master) goes after every step."""
     assert "etcd-attachment" in options()[("command:remote:Command", "master-etcd")].dependencies
+
+
+def _only(run: offline.Run, typ: str) -> dict:
+    (resource,) = run.mocks.of_type(typ)
+    return resource.inputs
+
+
+def test_snapshot_bucket_is_encrypted_private_versioned_expiring_and_destroyable(dev: offline.Run) -> None:
+    bucket = dev.mocks.named("etcd-snapshots-bucket")
+    assert bucket.inputs["forceDestroy"] is True  # destroy deletes it with its snapshots (README says so)
+    bucket_id = "etcd-snapshots-bucket-id"
+    block = _only(dev, "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")
+    assert block == {"bucket": bucket_id, "blockPublicAcls": True, "blockPublicPolicy": True,
+                     "ignorePublicAcls": True, "restrictPublicBuckets": True}
+    sse = _only(dev, "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration")
+    assert sse["bucket"] == bucket_id
+    assert sse["rules"] == [{"applyServerSideEncryptionByDefault": {"sseAlgorithm": "AES256"}}]
+    versioning = _only(dev, "aws:s3/bucketVersioning:BucketVersioning")
+    assert versioning == {"bucket": bucket_id, "versioningConfiguration": {"status": "Enabled"}}
+    (rule,) = _only(dev, "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration")["rules"]
+    assert rule["status"] == "Enabled" and rule["filter"] == {"prefix": "snapshots/"}
+    assert rule["expiration"] == {"days": 30} and rule["noncurrentVersionExpiration"] == {"noncurrentDays": 7}
+
+
+def test_master_may_only_put_snapshots_into_its_bucket_and_minions_get_no_role(dev: offline.Run) -> None:
+    import json
+
+    policy = json.loads(_only(dev, "aws:iam/rolePolicy:RolePolicy")["policy"])
+    assert policy == {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "s3:PutObject", "Resource": "arn:aws:s3:::etcd-snapshots-bucket-id/snapshots/*"}],
+    }
+    assume = json.loads(_only(dev, "aws:iam/role:Role")["assumeRolePolicy"])
+    assert assume["Statement"] == [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]
+    assert len(dev.mocks.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")) == 0
+    assert len(dev.mocks.of_type("aws:iam/rolePolicy:RolePolicy")) == 1
+    assert _only(dev, "aws:iam/instanceProfile:InstanceProfile") == {
+        "role": "etcd-snapshots-writer-id", "tags": dev.mocks.named("etcd-snapshots-bucket").inputs["tags"]
+    }
+    profiles = {r.name: r.inputs.get("iamInstanceProfile") for r in dev.mocks.of_type("aws:ec2/instance:Instance")}
+    assert profiles.pop("master-instance") == "etcd-snapshots-writer-id"
+    assert set(profiles.values()) == {None}
+
+
+def test_master_user_data_names_the_bucket(dev: offline.Run) -> None:
+    text = decode_user_data(dev.mocks.named("master-instance").inputs["userDataBase64"])[0]
+    assert 'SNAPSHOT_BUCKET="etcd-snapshots-bucket-id"' in text
+    assert "path: /usr/local/sbin/kube-ec2-etcd-snapshot" in text and "path: /etc/systemd/system/etcd-snapshot.timer" in text

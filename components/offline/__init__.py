@@ -79,6 +79,8 @@ class OfflineMocks(pulumi.runtime.Mocks):
             outputs.update({"keyName": f"{args.name}-key"})
         elif typ == "command:remote:Command":
             outputs.update({"stdout": "", "stderr": ""})
+        elif typ == "aws:s3/bucket:Bucket":
+            outputs["arn"] = f"arn:aws:s3:::{resource_id(typ, args.name)}"  # a bucket's id is its name
         elif typ == "aws:ec2/subnet:Subnet" and not outputs.get("availabilityZone"):
             outputs["availabilityZone"] = f"{pulumi.Config('aws').get('region')}a"  # AWS's choice, when unset
         self.resources.append(Recorded(typ, args.name, dict(args.inputs), outputs))
