@@ -98,7 +98,6 @@ DAEMONS: dict[str, Daemon] = {
             File("/usr/local/sbin/kube-ec2-etcd-snapshot", "scripts/etcd-snapshot.sh.j2", "0755"),
         ),
         pki=("etcd-ca.crt", "apiserver-etcd-client.crt", "apiserver-etcd-client.key"),
-        binaries=("/usr/local/bin/etcdctl", "/usr/local/bin/etcdutl"),
         required_units=("etcd-snapshot.service",),
     ),
     "kube-apiserver": Daemon(

@@ -3,7 +3,7 @@
 # when their content differs, daemons restart only when an input changed, every wait is bounded.
 set -euo pipefail
 STEP=master-etcd
-UNITS=(etcd-data.service etcd.service)
+UNITS=(etcd-data.service etcd.service etcd-snapshot.service etcd-snapshot.timer)
 STATE=/var/lib/kube-ec2
 export PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin
 export KUBECONFIG=/etc/kubernetes/admin.kubeconfig
@@ -71,7 +71,7 @@ ensure_started() {
   echo "$want" >"$stamp"
 }
 
-# Files of etcd: the same content cloud-init wrote, so a changed template
+# Files of etcd, etcd-snapshot: the same content cloud-init wrote, so a changed template
 # reaches a running host.
 put_file /etc/systemd/system/etcd.service 0644 <<'KUBE_EC2_EOF'
 [Unit]
@@ -198,6 +198,84 @@ mount -o noatime "$device" "$MOUNT"
 chmod 0700 "$MOUNT"
 log "volume $ETCD_VOLUME_ID ($device) mounted at $MOUNT"
 KUBE_EC2_EOF
+put_file /etc/systemd/system/etcd-snapshot.timer 0644 <<'KUBE_EC2_EOF'
+[Unit]
+Description=Snapshot etcd to S3 every hour
+
+[Timer]
+OnCalendar=hourly
+Persistent=true
+RandomizedDelaySec=300
+
+[Install]
+WantedBy=timers.target
+KUBE_EC2_EOF
+put_file /etc/systemd/system/etcd-snapshot.service 0644 <<'KUBE_EC2_EOF'
+[Unit]
+Description=Snapshot etcd and upload it to the stack's S3 bucket
+Documentation=file:///usr/local/sbin/kube-ec2-etcd-snapshot
+After=etcd.service
+Requisite=etcd.service
+
+[Service]
+Type=oneshot
+EnvironmentFile=/etc/kube-ec2/etcd-storage.env
+ExecStart=/usr/local/sbin/kube-ec2-etcd-snapshot
+TimeoutStartSec=1800
+KUBE_EC2_EOF
+put_file /usr/local/sbin/kube-ec2-etcd-snapshot 0755 <<'KUBE_EC2_EOF'
+#!/bin/bash
+# Snapshot etcd, check the snapshot, and upload it to the stack's S3 bucket (run by
+# etcd-snapshot.timer). The upload is signed by curl itself (--aws-sigv4) with the master's
+# instance-profile credentials from IMDSv2; they go to curl on its standard input, never into argv
+# or a log. The role may only put objects under snapshots/ in that bucket.
+set -euo pipefail
+: "${SNAPSHOT_BUCKET:?SNAPSHOT_BUCKET is not set (EnvironmentFile=/etc/kube-ec2/etcd-storage.env)}"
+export PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin
+REGION=us-east-1
+IMDS=http://169.254.169.254
+# The bucket's regional endpoint; S3_ENDPOINT exists for the tests' local fake S3 only.
+S3=${S3_ENDPOINT:-https://${SNAPSHOT_BUCKET}.s3.${REGION}.amazonaws.com}
+PKI=/etc/kubernetes/pki
+STAGE=/var/lib/kube-ec2/etcd-snapshots
+
+log() { printf 'etcd-snapshot: %s\n' "$*" >&2; }
+
+install -d -m 0700 "$STAGE"
+name="etcd-$(date -u +%Y%m%dT%H%M%SZ).db"
+file="$STAGE/$name"
+trap 'rm -f "$file" "$file.part"' EXIT
+
+etcdctl --endpoints=https://127.0.0.1:2379 --cacert="$PKI/etcd-ca.crt" \
+  --cert="$PKI/apiserver-etcd-client.crt" --key="$PKI/apiserver-etcd-client.key" \
+  --dial-timeout=10s --command-timeout=300s snapshot save "$file" >&2
+
+# A snapshot etcdutl cannot open and read through is never uploaded.
+status=$(etcdutl snapshot status "$file" --write-out=json)
+summary=$(python3 -c 'import json, sys; s = json.load(sys.stdin); print("revision %d, %d keys" % (s["revision"], s["totalKey"]))' <<<"$status")
+sha=$(sha256sum "$file" | cut -d' ' -f1)
+
+# IMDSv2: a session token first, then the instance profile's temporary credentials.
+token=$(curl -fsS --max-time 10 -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 300" "$IMDS/latest/api/token")
+role=$(curl -fsS --max-time 10 -H "X-aws-ec2-metadata-token: $token" "$IMDS/latest/meta-data/iam/security-credentials/")
+credentials=$(curl -fsS --max-time 10 -H "X-aws-ec2-metadata-token: $token" \
+  "$IMDS/latest/meta-data/iam/security-credentials/${role%%$'\n'*}")
+curl_config() {
+  python3 -c '
+import json, sys
+c = json.load(sys.stdin)
+print("user = " + json.dumps(c["AccessKeyId"] + ":" + c["SecretAccessKey"]))
+print("header = " + json.dumps("x-amz-security-token: " + c["Token"]))
+' <<<"$credentials"
+}
+
+# x-amz-content-sha256 carries the real hash: S3 refuses a body that does not match it.
+curl_config | curl -fsS --max-time 900 --retry 3 --config - \
+  --aws-sigv4 "aws:amz:${REGION}:s3" \
+  -H "x-amz-content-sha256: $sha" \
+  --upload-file "$file" "$S3/snapshots/$name" >&2
+log "uploaded $name ($summary, sha256 $sha) to s3://$SNAPSHOT_BUCKET/snapshots/$name"
+KUBE_EC2_EOF
 # swap_binary STAGED DEST: put in place the daemon binary the host's preparation staged (and
 # verified) for this version, when DEST differs; ensure_started then restarts the daemon. The
 # staged path names the version, so a new version (kubernetesVersion, versions.yaml) re-runs this step.
@@ -216,4 +294,5 @@ swap_binary() {
 swap_binary /opt/kube-ec2/etcd/3.6.14/etcd /usr/local/bin/etcd
 
 ensure_started etcd.service /etc/systemd/system/etcd.service /etc/etcd/etcd.conf.yml /etc/systemd/system/etcd-data.service /usr/local/sbin/kube-ec2-etcd-data /etc/kubernetes/pki/etcd-ca.crt /etc/kubernetes/pki/etcd-server.crt /etc/kubernetes/pki/etcd-server.key /etc/kubernetes/pki/etcd-peer.crt /etc/kubernetes/pki/etcd-peer.key /usr/local/bin/etcd
+ensure_started etcd-snapshot.timer /etc/systemd/system/etcd-snapshot.timer /etc/systemd/system/etcd-snapshot.service /usr/local/sbin/kube-ec2-etcd-snapshot /etc/kubernetes/pki/etcd-ca.crt /etc/kubernetes/pki/apiserver-etcd-client.crt /etc/kubernetes/pki/apiserver-etcd-client.key
 wait_until 120 "etcd health" bash -c 'curl -fsS --max-time 5 --cacert /etc/kubernetes/pki/etcd-ca.crt --cert /etc/kubernetes/pki/apiserver-etcd-client.crt --key /etc/kubernetes/pki/apiserver-etcd-client.key https://127.0.0.1:2379/health | grep -q "\"health\":\"true\""'
