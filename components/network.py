@@ -30,7 +30,14 @@ class Network(pulumi.ComponentResource):
             tags=cluster_tags(settings, "vpc"),
             opts=child,
         )
-        gateway = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=self.vpc.id, tags=cluster_tags(settings, "igw"), opts=child)
+        # A new VPC gets a new gateway: moving one in place detaches it from the old VPC while the old
+        # hosts still hold public addresses there, which AWS refuses.
+        gateway = aws.ec2.InternetGateway(
+            f"{name}-igw",
+            vpc_id=self.vpc.id,
+            tags=cluster_tags(settings, "igw"),
+            opts=pulumi.ResourceOptions(parent=self, replace_on_changes=["vpcId"]),
+        )
         # Hosts get public addresses: they download packages and releases without a NAT gateway,
         # and pulumi-command reaches the master over SSH and minions through it (see security.py).
         self.subnet = aws.ec2.Subnet(
