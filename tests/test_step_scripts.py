@@ -1189,3 +1189,19 @@ def test_a_cni_config_change_restarts_nothing(box: Sandbox) -> None:
     json_head = "put_file /etc/docker/daemon.json 0644 <<'KUBE_EC2_EOF'\n"
     changed_daemon_json = script.replace(json_head, json_head + '{"changed": 1,\n')
     assert box.run(changed_daemon_json).restarted() == ["docker.service", "cri-docker.service"]
+
+
+def test_every_start_and_restart_has_a_bound() -> None:
+    """systemd fails a start past TimeoutStartSec (default 90 s); 0 or infinity would wait for ever.
+    docker.io's own unit says 0, so the docker daemon's files carry a drop-in that bounds it."""
+    for host in (SETTINGS.master, MINION):
+        for path, (_, content) in render.host_files(SETTINGS, host).items():
+            if path.startswith("/etc/systemd/system/"):
+                for line in content.splitlines():
+                    if line.startswith(("TimeoutStartSec=", "TimeoutSec=")):
+                        value = line.split("=", 1)[1].strip()
+                        assert value not in ("0", "infinity", ""), f"{host.name} {path}: {line}"
+    docker = render.daemon_files(SETTINGS, MINION, "docker")
+    assert "\nTimeoutStartSec=120\n" in docker[render.DOCKER_DROP_IN][1]
+    assert render.DAEMONS["docker"].packaged_units == ("docker.service",)
+    assert render.DOCKER_DROP_IN.startswith("/etc/systemd/system/docker.service.d/")
