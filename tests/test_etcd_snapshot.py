@@ -198,16 +198,14 @@ def test_upload_refused_by_s3_fails_the_unit(tmp_path: Path) -> None:
 
 def test_metadata_without_a_session_token_is_refused_by_the_fake() -> None:
     """The fake behaves like EC2 with http_tokens=required, so the script passing proves it uses IMDSv2."""
-    handler = fake_aws.Imds
-    assert handler.do_GET.__doc__ is None  # plain handler; the behaviour is exercised below
     import http.client
-    import threading  # noqa: F401
 
     server = fake_aws.serve("127.0.0.1:0", fake_aws.Imds)
     try:
-        port = server.server_address[1]
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        conn.request("GET", "/latest/meta-data/iam/security-credentials/")
+        conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=5)
+        conn.request("GET", "/latest/meta-data/iam/security-credentials/")  # IMDSv1: no token
         assert conn.getresponse().status == 401
+        conn.request("GET", "/latest/meta-data/iam/security-credentials/", headers={"X-aws-ec2-metadata-token": fake_aws.TOKEN})
+        assert conn.getresponse().read().decode() == fake_aws.ROLE
     finally:
         server.shutdown()
