@@ -52,6 +52,8 @@ class Host(pulumi.ComponentResource):
             vpc_security_group_ids=[args.security_group_id],
             key_name=args.key_name,
             iam_instance_profile=args.instance_profile,
+            # Explicit, as the AWS baselines ask: t3 and newer are EBS-optimized by default anyway.
+            ebs_optimized=True,
             user_data_base64=args.user_data_base64,
             metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
                 http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1

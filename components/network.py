@@ -30,6 +30,12 @@ class Network(pulumi.ComponentResource):
             tags=cluster_tags(settings, "vpc"),
             opts=child,
         )
+        # Every VPC comes with a default security group that lets its members reach each other;
+        # taking it under management removes all of its rules (none are declared), so a resource
+        # launched in this VPC without a group of ours is reachable by nothing.
+        aws.ec2.DefaultSecurityGroup(
+            f"{name}-default-sg", vpc_id=self.vpc.id, tags=cluster_tags(settings, "default-sg-no-rules"), opts=child
+        )
         # A new VPC gets a new gateway: moving one in place detaches it from the old VPC while the old
         # hosts still hold public addresses there, which AWS refuses.
         gateway = aws.ec2.InternetGateway(

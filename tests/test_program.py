@@ -27,6 +27,7 @@ def test_resource_counts(stack: offline.Run) -> None:
         "aws:ec2/routeTable:RouteTable": 1,
         "aws:ec2/routeTableAssociation:RouteTableAssociation": 1,
         "aws:ec2/securityGroup:SecurityGroup": 2,
+        "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup": 1,
         INGRESS: 3 * len(admin) + 7,
         EGRESS: 2,
         "aws:ec2/keyPair:KeyPair": 1,

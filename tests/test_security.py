@@ -10,6 +10,7 @@ import pytest
 from cryptography import x509
 
 from components import offline, versions
+from tests.shipped import unit_flags, unit_section, user_data_files
 from tests.test_pki import bundle
 
 # First release of each line past every published etcd RBAC-bypass advisory: GHSA-rfx7-8w68-q57q
@@ -62,3 +63,41 @@ def test_each_host_presents_its_own_flannel_etcd_identity(dev: offline.Run) -> N
         assert cert.subject.rfc4514_string() == f"CN=flannel-{host}", host
         # Only its own: the unit's file names stay flannel-etcd.crt/.key.
         assert sorted(n for n in files if n.startswith("flannel")) == ["flannel-etcd.crt", "flannel-etcd.key"], host
+
+
+# --- AWS: closed defaults (CIS AWS Foundations EC2.2; explicit EBS optimisation; no instance roles)
+
+
+def test_the_vpcs_default_security_group_allows_nothing(dev: offline.Run) -> None:
+    [vpc] = dev.mocks.of_type("aws:ec2/vpc:Vpc")
+    [default] = dev.mocks.of_type("aws:ec2/defaultSecurityGroup:DefaultSecurityGroup")
+    assert default.inputs["vpcId"] == "network-vpc-id" and vpc.name == "network-vpc"
+    # The provider removes every rule of an adopted default group and creates only those declared.
+    assert not default.inputs.get("ingress") and not default.inputs.get("egress")
+
+
+def test_every_instance_is_ebs_optimized_and_has_no_instance_role(dev: offline.Run) -> None:
+    instances = dev.mocks.of_type("aws:ec2/instance:Instance")
+    assert len(instances) == 4
+    for instance in instances:
+        assert instance.inputs["ebsOptimized"] is True, instance.name
+        # Minions call no AWS API; the master's only role would be the snapshot upload (issue 8).
+        if instance.name != "master-instance":
+            assert "iamInstanceProfile" not in instance.inputs, instance.name
+
+
+# --- cri-dockerd: streaming on loopback, the unit as upstream packages it (v0.3.24)
+
+
+def test_cri_dockerd_streams_on_loopback_only(dev: offline.Run) -> None:
+    unit = user_data_files(dev, "minion-0")["/etc/systemd/system/cri-docker.service"]
+    assert unit_flags(unit)["streaming-bind-addr"] == "127.0.0.1:0"
+    service = unit_section(unit, "Service")
+    upstream = {
+        "Type": ["notify"], "KillMode": ["process"], "Delegate": ["yes"], "LimitNOFILE": ["infinity"],
+        "LimitNPROC": ["infinity"], "LimitCORE": ["infinity"], "TasksMax": ["infinity"], "TimeoutSec": ["0"],
+        "Restart": ["always"], "RestartSec": ["2"], "ExecReload": ["/bin/kill -s HUP $MAINPID"],
+    }
+    assert {key: service.get(key) for key in upstream} == upstream
+    assert unit_section(unit, "Unit")["StartLimitBurst"] == ["3"]
+    assert unit_section(unit, "Unit")["StartLimitIntervalSec"] == ["60s"]

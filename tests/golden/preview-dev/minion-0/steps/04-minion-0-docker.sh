@@ -118,6 +118,11 @@ Documentation=https://github.com/Mirantis/cri-dockerd
 After=network-online.target docker.service cri-docker.socket flanneld.service
 Wants=network-online.target
 Requires=docker.service cri-docker.socket
+# Upstream's packaging/systemd/cri-docker.service (v0.3.24) from here on, with our flags. The
+# streaming server (exec, attach, port-forward) listens on loopback only: the kubelet on this host
+# proxies to it, nothing else needs it.
+StartLimitBurst=3
+StartLimitIntervalSec=60s
 
 [Service]
 Type=notify
@@ -126,9 +131,18 @@ ExecStart=/usr/local/bin/cri-dockerd \
   --cni-conf-dir=/etc/cni/net.d \
   --container-runtime-endpoint=fd:// \
   --network-plugin=cni \
-  --pod-infra-container-image=registry.k8s.io/pause:3.10.1
+  --pod-infra-container-image=registry.k8s.io/pause:3.10.1 \
+  --streaming-bind-addr=127.0.0.1:0
+ExecReload=/bin/kill -s HUP $MAINPID
+TimeoutSec=0
 Restart=always
-RestartSec=5
+RestartSec=2
+LimitNOFILE=infinity
+LimitNPROC=infinity
+LimitCORE=infinity
+TasksMax=infinity
+Delegate=yes
+KillMode=process
 
 [Install]
 WantedBy=multi-user.target
