@@ -142,7 +142,7 @@ def plan(settings: Settings) -> tuple[Step, ...]:
         _daemon_step(settings, m, "master-flanneld", "steps/flanneld.sh.j2", ("flanneld",), ("master-flannel-network",)),
         _daemon_step(
             settings, m, "master-kube-apiserver", "steps/kube-apiserver.sh.j2", ("kube-apiserver",), ("master-flanneld",),
-            extra_files=(render.ADMIN_KUBECONFIG,),
+            extra_files=(render.ADMIN_KUBECONFIG, render.SUPER_ADMIN_KUBECONFIG),
         ),
         _daemon_step(
             settings, m, "master-kube-controller-manager", "steps/control-plane.sh.j2", ("kube-controller-manager",),

@@ -72,7 +72,11 @@ def cert_specs(settings: Settings) -> list[CertSpec]:
         CertSpec("apiserver-kubelet-client", "cluster", "kube-apiserver-kubelet-client", None, CLIENT, (m.name,)),
         CertSpec("controller-manager", "cluster", "system:kube-controller-manager", None, CLIENT, (m.name,)),
         CertSpec("scheduler", "cluster", "system:kube-scheduler", None, CLIENT, (m.name,)),
-        CertSpec("admin", "cluster", "admin", "system:masters", CLIENT, (m.name,)),
+        # As kubeadm 1.29+: the exported admin is in a group RBAC binds to cluster-admin (revocable by
+        # deleting the binding); the system:masters identity, which RBAC cannot revoke, stays on the
+        # master for emergencies and for the step that creates that binding.
+        CertSpec("admin", "cluster", "kubernetes-admin", "kubeadm:cluster-admins", CLIENT, (m.name,)),
+        CertSpec("super-admin", "cluster", "kubernetes-super-admin", "system:masters", CLIENT, (m.name,)),
         CertSpec("front-proxy-client", "front-proxy", "front-proxy-client", None, CLIENT, (m.name,)),
         CertSpec("kube-proxy", "cluster", "system:kube-proxy", "system:node-proxier", CLIENT, minions),
     ]

@@ -175,12 +175,14 @@ ROLE_DAEMONS = {
 # Files the master needs that belong to no daemon: kubectl's admin kubeconfig (rewritten by the
 # kube-apiserver step) and flannel's network config (written into etcd by the flannel-network step).
 ADMIN_KUBECONFIG = File("/etc/kubernetes/admin.kubeconfig", "configs/kubeconfig.j2", "0600")
+SUPER_ADMIN_KUBECONFIG = File("/etc/kubernetes/super-admin.kubeconfig", "configs/kubeconfig.j2", "0600")
 FLANNEL_NET_CONF = File("/etc/kube-ec2/flannel-net-conf.json", "configs/flannel-net-conf.json.j2")
-MASTER_EXTRA_FILES = (ADMIN_KUBECONFIG, FLANNEL_NET_CONF)
+MASTER_EXTRA_FILES = (ADMIN_KUBECONFIG, SUPER_ADMIN_KUBECONFIG, FLANNEL_NET_CONF)
 
 # Kubeconfig files: which identity (cert/key pair) each one uses and which server it talks to.
 KUBECONFIG_USERS = {
     "/etc/kubernetes/admin.kubeconfig": "admin",
+    "/etc/kubernetes/super-admin.kubeconfig": "super-admin",
     "/etc/kubernetes/controller-manager.kubeconfig": "controller-manager",
     "/etc/kubernetes/scheduler.kubeconfig": "scheduler",
     "/etc/kubernetes/kubelet.kubeconfig": "kubelet",

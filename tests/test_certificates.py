@@ -34,7 +34,8 @@ EXPECTED = {
     "apiserver-kubelet-client": ("cluster", "kube-apiserver-kubelet-client", [], CLIENT),
     "controller-manager": ("cluster", "system:kube-controller-manager", [], CLIENT),
     "scheduler": ("cluster", "system:kube-scheduler", [], CLIENT),
-    "admin": ("cluster", "admin", ["system:masters"], CLIENT),
+    "admin": ("cluster", "kubernetes-admin", ["kubeadm:cluster-admins"], CLIENT),
+    "super-admin": ("cluster", "kubernetes-super-admin", ["system:masters"], CLIENT),
     "front-proxy-client": ("front-proxy", "front-proxy-client", [], CLIENT),
     "kube-proxy": ("cluster", "system:kube-proxy", ["system:node-proxier"], CLIENT),
     **{f"kubelet-minion-{i}": ("cluster", f"system:node:minion-{i}", ["system:nodes"], BOTH) for i in range(3)},
@@ -132,6 +133,7 @@ def test_each_daemon_trusts_the_ca_that_issued_what_it_is_shown(dev: offline.Run
 
 KUBECONFIGS = (
     ("master", "/etc/kubernetes/admin.kubeconfig"),
+    ("master", "/etc/kubernetes/super-admin.kubeconfig"),
     ("master", "/etc/kubernetes/controller-manager.kubeconfig"),
     ("master", "/etc/kubernetes/scheduler.kubeconfig"),
     ("minion-0", "/etc/kubernetes/kubelet.kubeconfig"),

@@ -110,7 +110,7 @@ def test_each_host_gets_only_its_files_and_keys_match(dev: offline.Run) -> None:
         "ca.crt", "etcd-ca.crt", "front-proxy-ca.crt", "service-account.key", "service-account.pub", "encryption.key",
         *(f"{base}.{ext}" for base in (
             "etcd-server", "etcd-peer", "apiserver-etcd-client", "flannel-etcd", "apiserver", "apiserver-kubelet-client",
-            "controller-manager", "scheduler", "admin", "front-proxy-client",
+            "controller-manager", "scheduler", "admin", "super-admin", "front-proxy-client",
         ) for ext in ("crt", "key")),
     }
     assert len(base64.b64decode(master["encryption.key"])) == 32
@@ -143,7 +143,7 @@ def test_admin_kubeconfig(dev: offline.Run) -> None:
     assert ca == certs(dev)["cluster-ca"]
     user = config["users"][0]["user"]
     cert = x509.load_pem_x509_certificate(base64.b64decode(user["client-certificate-data"]))
-    assert subject(cert) == {"CN": "admin", "O": "system:masters"}
+    assert subject(cert) == {"CN": "kubernetes-admin", "O": "kubeadm:cluster-admins"}  # kubeadm 1.29+; not system:masters
     key = serialization.load_pem_private_key(base64.b64decode(user["client-key-data"]), None)
     assert key.public_key() == cert.public_key()
 

@@ -137,7 +137,7 @@ def test_writes_no_secret_and_the_scan_catches_one(tmp_path: Path) -> None:
     # The scan looks for every kind of secret the run holds.
     keys = [str(offline_tls.plain(r.outputs)[k]) for r in run.mocks.of_type("tls:index/privateKey:PrivateKey") for k in ("privateKeyPem",)]
     bundles = [str(offline_tls.plain(r.inputs["stdin"])) for r in run.mocks.of_type(preview.COMMAND) if "stdin" in r.inputs]
-    assert len(keys) == 3 + 11 + 3 + 3 + 2 and len(bundles) == 4  # CAs, leaves, kubelets, minions' flannel-etcd, SA + SSH keys
+    assert len(keys) == 3 + 12 + 3 + 3 + 2 and len(bundles) == 4  # CAs, leaves, kubelets, minions' flannel-etcd, SA + SSH keys
     for value in [*keys, *bundles, run.outputs["sshPrivateKey"].strip(), run.outputs["kubeconfig"].strip()]:
         assert value.strip() in secrets
     # Checked here independently of the preview's own scan.

@@ -37,7 +37,7 @@ def test_resource_counts(stack: offline.Run) -> None:
         # then coredns, smoke test.
         COMMAND: 9 + 9 * minions + 2,
         "tls:index/selfSignedCert:SelfSignedCert": 3,
-        "tls:index/locallySignedCert:LocallySignedCert": 11 + 2 * minions,  # per minion: kubelet, flannel-etcd
+        "tls:index/locallySignedCert:LocallySignedCert": 12 + 2 * minions,  # per minion: kubelet, flannel-etcd
     }
     for typ, expected in counts.items():
         assert len(stack.mocks.of_type(typ)) == expected, typ

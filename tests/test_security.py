@@ -6,11 +6,14 @@ written in the test, never read from the code that produces them.
 
 from __future__ import annotations
 
+import base64
+
 import pytest
+import yaml
 from cryptography import x509
 
 from components import offline, versions
-from tests.shipped import unit_flags, unit_section, user_data_files
+from tests.shipped import certificate, heredoc, step_script, unit_flags, unit_section, user_data_files
 from tests.test_pki import bundle
 
 # First release of each line past every published etcd RBAC-bypass advisory: GHSA-rfx7-8w68-q57q
@@ -101,3 +104,32 @@ def test_cri_dockerd_streams_on_loopback_only(dev: offline.Run) -> None:
     assert {key: service.get(key) for key in upstream} == upstream
     assert unit_section(unit, "Unit")["StartLimitBurst"] == ["3"]
     assert unit_section(unit, "Unit")["StartLimitIntervalSec"] == ["60s"]
+
+
+# --- admin credentials as kubeadm 1.29+: the exported one is revocable, system:masters stays home
+
+
+def test_exported_admin_is_in_a_group_rbac_binds_not_system_masters(dev: offline.Run) -> None:
+    config = yaml.safe_load(dev.outputs["kubeconfig"])
+    cert = x509.load_pem_x509_certificate(base64.b64decode(config["users"][0]["user"]["client-certificate-data"]))
+    assert cert.subject.rfc4514_string() == "CN=kubernetes-admin,O=kubeadm:cluster-admins"
+    manifest = step_script(dev, "master-cluster-rbac")
+    docs = list(yaml.safe_load_all(heredoc(manifest, "/etc/kube-ec2/cluster-rbac.yaml")))
+    [binding] = [d for d in docs if d and d["metadata"]["name"] == "kubeadm:cluster-admins"]
+    assert binding["kind"] == "ClusterRoleBinding"
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"}
+    assert binding["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "kubeadm:cluster-admins"}]
+
+
+def test_system_masters_only_on_the_master_and_only_for_the_rbac_step(dev: offline.Run) -> None:
+    super_admin = certificate(dev, "master", "/etc/kubernetes/pki/super-admin.crt")
+    assert super_admin.subject.rfc4514_string() == "CN=kubernetes-super-admin,O=system:masters"
+    for host in ("minion-0", "minion-1", "minion-2"):
+        assert not [name for name in bundle(dev, host) if "admin" in name], host
+    users = {}
+    for step in dev.mocks.of_type("command:remote:Command"):
+        for field in ("create", "delete"):
+            if "super-admin.kubeconfig" in str(step.inputs.get(field, "")) and step.name != "master-kube-apiserver":
+                users[step.name] = field
+    # The API step only writes the file; the RBAC step is the one that must act before RBAC exists.
+    assert users == {"master-cluster-rbac": "create"}

@@ -244,7 +244,7 @@ def test_every_kubeconfig_server_is_named_by_the_apiserver_certificate(stack: of
         for path, content in user_data_files(stack, host).items():
             if path.endswith(".kubeconfig"):
                 servers[f"{host}:{path}"] = yaml.safe_load(content)["clusters"][0]["cluster"]["server"]
-    assert len(servers) == 1 + 3 + 2 * len(stack.cluster.minions)
+    assert len(servers) == 1 + 4 + 2 * len(stack.cluster.minions)  # output; master: admin, super-admin, kcm, scheduler
     for where, server in servers.items():
         url = urlsplit(server)
         assert url.scheme == "https", where
@@ -274,7 +274,8 @@ def test_rbac_subjects_are_the_cns_their_components_present(stack: offline.Run) 
     presented = {
         ("master", "/etc/kubernetes/controller-manager.kubeconfig"): ("system:kube-controller-manager", []),
         ("master", "/etc/kubernetes/scheduler.kubeconfig"): ("system:kube-scheduler", []),
-        ("master", "/etc/kubernetes/admin.kubeconfig"): ("admin", ["system:masters"]),
+        ("master", "/etc/kubernetes/admin.kubeconfig"): ("kubernetes-admin", ["kubeadm:cluster-admins"]),
+        ("master", "/etc/kubernetes/super-admin.kubeconfig"): ("kubernetes-super-admin", ["system:masters"]),
     }
     for minion in minion_names(stack):
         presented[(minion, "/etc/kubernetes/kube-proxy.kubeconfig")] = ("system:kube-proxy", ["system:node-proxier"])

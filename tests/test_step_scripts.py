@@ -340,13 +340,14 @@ def test_apiserver_step_writes_the_encryption_config_0600_with_the_key_and_never
     parsed = yaml.safe_load(box.read(config))
     assert parsed["resources"][0]["providers"][0]["secretbox"]["keys"][0]["secret"] == key
     assert "__ENCRYPTION_KEY__" not in box.read(config).split("apiVersion:", 1)[1]
-    for path in ("/etc/kubernetes/encryption-config.yaml.tmpl", "/etc/kubernetes/admin.kubeconfig"):
+    kubeconfigs = ("/etc/kubernetes/admin.kubeconfig", "/etc/kubernetes/super-admin.kubeconfig")
+    for path in ("/etc/kubernetes/encryption-config.yaml.tmpl", *kubeconfigs):
         assert box.mode(path) == 0o600, path
     assert box.mode("/var/log/kubernetes") == 0o700
     assert key not in first.output
     assert first.restarted() == ["kube-apiserver.service"]
     files = render.daemon_files(SETTINGS, master, "kube-apiserver")
-    assert first.wrote() == [*files, "/etc/kubernetes/admin.kubeconfig", config]
+    assert first.wrote() == [*files, "/etc/kubernetes/admin.kubeconfig", "/etc/kubernetes/super-admin.kubeconfig", config]
 
     again = box.run(script)
     assert again.returncode == 0, again.explain()

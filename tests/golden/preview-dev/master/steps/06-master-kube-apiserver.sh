@@ -183,6 +183,27 @@ contexts:
       user: admin
 current-context: default
 KUBE_EC2_EOF
+put_file /etc/kubernetes/super-admin.kubeconfig 0600 <<'KUBE_EC2_EOF'
+# super-admin -> https://127.0.0.1:6443; certificates are read from /etc/kubernetes/pki, delivered over SSH.
+apiVersion: v1
+kind: Config
+clusters:
+  - name: kube-ec2-dev
+    cluster:
+      certificate-authority: /etc/kubernetes/pki/ca.crt
+      server: https://127.0.0.1:6443
+users:
+  - name: super-admin
+    user:
+      client-certificate: /etc/kubernetes/pki/super-admin.crt
+      client-key: /etc/kubernetes/pki/super-admin.key
+contexts:
+  - name: default
+    context:
+      cluster: kube-ec2-dev
+      user: super-admin
+current-context: default
+KUBE_EC2_EOF
 # Secrets at rest: the encryption config gets its key (delivered by master-pki) on the host only.
 awk -v keyfile=/etc/kubernetes/pki/encryption.key 'BEGIN { getline key < keyfile } { gsub("__ENCRYPTION_KEY__", key); print }' \
   /etc/kubernetes/encryption-config.yaml.tmpl | put_file /etc/kubernetes/pki/encryption-config.yaml 0600

@@ -71,7 +71,10 @@ ensure_started() {
   echo "$want" >"$stamp"
 }
 
-wait_until 60 "API reachable with the admin identity" kubectl --request-timeout=10s get --raw /readyz
+# RBAC does not exist yet for the admin credential's group: this step alone works as system:masters
+# (the super-admin kubeconfig never leaves the master), then proves the admin credential works.
+SUPER=/etc/kubernetes/super-admin.kubeconfig
+wait_until 60 "API reachable with the super-admin identity" kubectl --kubeconfig="$SUPER" --request-timeout=10s get --raw /readyz
 put_file /etc/kube-ec2/cluster-rbac.yaml 0644 <<'KUBE_EC2_EOF'
 # The apiserver reaches kubelets (logs, exec, port-forward) as this identity.
 apiVersion: rbac.authorization.k8s.io/v1
@@ -86,5 +89,22 @@ subjects:
   - apiGroup: rbac.authorization.k8s.io
     kind: User
     name: kube-apiserver-kubelet-client
+---
+# As kubeadm 1.29+: the exported admin credential (O=kubeadm:cluster-admins) gets cluster-admin
+# through this binding, so deleting it revokes that credential; system:masters stays on the master.
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: kubeadm:cluster-admins
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: cluster-admin
+subjects:
+  - apiGroup: rbac.authorization.k8s.io
+    kind: Group
+    name: kubeadm:cluster-admins
 KUBE_EC2_EOF
-kubectl --request-timeout=30s apply -f /etc/kube-ec2/cluster-rbac.yaml
+kubectl --kubeconfig="$SUPER" --request-timeout=30s apply -f /etc/kube-ec2/cluster-rbac.yaml
+# `auth can-i` exits 0 only for "yes".
+wait_until 30 "admin credential (kubeadm:cluster-admins) is cluster-admin" kubectl --request-timeout=10s auth can-i '*' '*' --all-namespaces
