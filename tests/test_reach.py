@@ -86,7 +86,7 @@ def test_prod_admin_ranges_reach_only_the_master_ssh() -> None:
 
 # --- dependencies the engine must keep on destroy and scale-down (recorded by the offline monitor)
 
-NETWORK = {"network-vpc", "network-igw", "network-subnet", "network-routes", "network-routes-subnet"}
+NETWORK = {"network-vpc", "network-default-sg", "network-igw", "network-subnet", "network-routes", "network-routes-subnet"}
 GROUPS = {"security-master", "security-minion", "security-master-egress", "security-minion-egress"}
 RULES = {
     "security-master-tcp22-from-192-0-2-1-32",

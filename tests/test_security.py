@@ -7,13 +7,23 @@ written in the test, never read from the code that produces them.
 from __future__ import annotations
 
 import base64
+import gzip
 
 import pytest
 import yaml
 from cryptography import x509
 
 from components import offline, versions
-from tests.shipped import certificate, heredoc, step_script, unit_flags, unit_section, user_data_files
+from tests.shipped import (
+    certificate,
+    daemon,
+    heredoc,
+    step_script,
+    unit_flags,
+    unit_section,
+    user_data_files,
+    yaml_file,
+)
 from tests.test_pki import bundle
 
 # First release of each line past every published etcd RBAC-bypass advisory: GHSA-rfx7-8w68-q57q
@@ -133,3 +143,132 @@ def test_system_masters_only_on_the_master_and_only_for_the_rbac_step(dev: offli
                 users[step.name] = field
     # The API step only writes the file; the RBAC step is the one that must act before RBAC exists.
     assert users == {"master-cluster-rbac": "create"}
+
+
+# --- CIS Kubernetes Benchmark v1.12 (kube-bench cfg/cis-1.12, the newest for 1.3x): the value each
+# check wants, written here. README "CIS Kubernetes Benchmark" lists every check, applied or not.
+
+PKI = "/etc/kubernetes/pki"
+APISERVER = {
+    "anonymous-auth": "false",  # 1.2.1
+    "kubelet-client-certificate": f"{PKI}/apiserver-kubelet-client.crt",  # 1.2.4
+    "kubelet-client-key": f"{PKI}/apiserver-kubelet-client.key",  # 1.2.4
+    "kubelet-certificate-authority": f"{PKI}/ca.crt",  # 1.2.5
+    "authorization-mode": "Node,RBAC",  # 1.2.6-1.2.8
+    "enable-admission-plugins": "DenyServiceExternalIPs,NodeRestriction",  # 1.2.3, 1.2.14 (not AlwaysAdmit: 1.2.10)
+    "profiling": "false",  # 1.2.15
+    "audit-log-path": "/var/log/kubernetes/audit.log",  # 1.2.16
+    "audit-log-maxage": "30",  # 1.2.17
+    "audit-log-maxbackup": "10",  # 1.2.18
+    "audit-log-maxsize": "100",  # 1.2.19
+    "service-account-lookup": "true",  # 1.2.21
+    "service-account-key-file": f"{PKI}/service-account.pub",  # 1.2.22
+    "etcd-certfile": f"{PKI}/apiserver-etcd-client.crt",  # 1.2.23
+    "etcd-keyfile": f"{PKI}/apiserver-etcd-client.key",  # 1.2.23
+    "tls-cert-file": f"{PKI}/apiserver.crt",  # 1.2.24
+    "tls-private-key-file": f"{PKI}/apiserver.key",  # 1.2.24
+    "client-ca-file": f"{PKI}/ca.crt",  # 1.2.25
+    "etcd-cafile": f"{PKI}/etcd-ca.crt",  # 1.2.26
+    "encryption-provider-config": f"{PKI}/encryption-config.yaml",  # 1.2.27
+    "service-account-extend-token-expiration": "false",  # 1.2.30
+    "tls-min-version": "VersionTLS12",
+}
+CONTROLLER_MANAGER = {
+    "terminated-pod-gc-threshold": "1000",  # 1.3.1
+    "profiling": "false",  # 1.3.2
+    "use-service-account-credentials": "true",  # 1.3.3
+    "service-account-private-key-file": f"{PKI}/service-account.key",  # 1.3.4
+    "root-ca-file": f"{PKI}/ca.crt",  # 1.3.5
+    "bind-address": "127.0.0.1",  # 1.3.7
+}
+ETCD = {  # 2.1-2.6
+    ("client-transport-security", "cert-file"): f"{PKI}/etcd-server.crt",
+    ("client-transport-security", "key-file"): f"{PKI}/etcd-server.key",
+    ("client-transport-security", "client-cert-auth"): True,
+    ("client-transport-security", "auto-tls"): False,
+    ("client-transport-security", "trusted-ca-file"): f"{PKI}/etcd-ca.crt",  # 2.7: etcd's own CA
+    ("peer-transport-security", "cert-file"): f"{PKI}/etcd-peer.crt",
+    ("peer-transport-security", "key-file"): f"{PKI}/etcd-peer.key",
+    ("peer-transport-security", "client-cert-auth"): True,
+    ("peer-transport-security", "auto-tls"): False,
+}
+KUBELET = {
+    ("authentication", "anonymous", "enabled"): False,  # 4.2.1
+    ("authentication", "webhook", "enabled"): True,  # 4.2.1
+    ("authorization", "mode"): "Webhook",  # 4.2.2
+    ("authentication", "x509", "clientCAFile"): f"{PKI}/ca.crt",  # 4.2.3
+    ("readOnlyPort",): 0,  # 4.2.4
+    ("streamingConnectionIdleTimeout",): "4h0m0s",  # 4.2.5: not 0
+    ("makeIPTablesUtilChains",): True,  # 4.2.6
+    ("eventRecordQPS",): 5,  # 4.2.8
+    ("tlsCertFile",): f"{PKI}/kubelet.crt",  # 4.2.9
+    ("tlsPrivateKeyFile",): f"{PKI}/kubelet.key",  # 4.2.9
+    # 4.2.10 is not applied: certificates come from Pulumi, no CSR signer (README says why).
+    ("rotateCertificates",): False,
+}
+# 1.1.x and 4.1.x: path -> mode (owner root:root everywhere: cloud-init writes as root).
+MODES = {
+    "master": {
+        "/etc/systemd/system/kube-apiserver.service": "0600",  # 1.1.1 (a unit, not a pod spec)
+        "/etc/systemd/system/kube-controller-manager.service": "0600",  # 1.1.3
+        "/etc/systemd/system/kube-scheduler.service": "0600",  # 1.1.5
+        "/etc/systemd/system/etcd.service": "0600",  # 1.1.7
+        "/etc/kubernetes/admin.kubeconfig": "0600",  # 1.1.13
+        "/etc/kubernetes/super-admin.kubeconfig": "0600",  # 1.1.13
+        "/etc/kubernetes/scheduler.kubeconfig": "0600",  # 1.1.15
+        "/etc/kubernetes/controller-manager.kubeconfig": "0600",  # 1.1.17
+    },
+    "minion-0": {
+        "/etc/systemd/system/kubelet.service": "0600",  # 4.1.1
+        "/etc/kubernetes/kube-proxy.kubeconfig": "0600",  # 4.1.3
+        "/etc/kubernetes/kubelet.kubeconfig": "0600",  # 4.1.5
+        "/var/lib/kubelet/config.yaml": "0600",  # 4.1.9
+        "/etc/cni/net.d/10-flannel.conflist": "0600",  # 1.1.9
+    },
+}
+
+
+def dig(doc: object, path: tuple[str, ...]) -> object:
+    for key in path:
+        assert isinstance(doc, dict), path
+        doc = doc[key]
+    return doc
+
+
+def test_cis_apiserver_flags(dev: offline.Run) -> None:
+    flags = daemon(dev, "master", "kube-apiserver")
+    assert {flag: flags.get(flag) for flag in APISERVER} == APISERVER
+    assert "token-auth-file" not in flags  # 1.2.2
+    assert "disable-admission-plugins" not in flags  # 1.2.12, 1.2.13: ServiceAccount, NamespaceLifecycle stay on
+    assert "AlwaysAdmit" not in flags["enable-admission-plugins"]  # 1.2.10
+
+
+def test_cis_controller_manager_and_scheduler(dev: offline.Run) -> None:
+    flags = daemon(dev, "master", "kube-controller-manager")
+    assert {flag: flags.get(flag) for flag in CONTROLLER_MANAGER} == CONTROLLER_MANAGER
+    assert "feature-gates" not in flags  # 1.3.6: RotateKubeletServerCertificate keeps its default (true)
+    scheduler = daemon(dev, "master", "kube-scheduler")
+    assert scheduler["bind-address"] == "127.0.0.1"  # 1.4.2
+    config = yaml_file(dev, "master", scheduler["config"])
+    assert config["enableProfiling"] is False  # 1.4.1
+
+
+def test_cis_etcd_config(dev: offline.Run) -> None:
+    config = yaml_file(dev, "master", "/etc/etcd/etcd.conf.yml")
+    assert {path: dig(config, path) for path in ETCD} == ETCD
+
+
+def test_cis_kubelet_and_kube_proxy(dev: offline.Run) -> None:
+    config = yaml_file(dev, "minion-0", "/var/lib/kubelet/config.yaml")
+    assert {path: dig(config, path) for path in KUBELET} == KUBELET
+    proxy = yaml_file(dev, "minion-0", "/var/lib/kube-proxy/config.yaml")
+    assert proxy["metricsBindAddress"] == "127.0.0.1:10249"  # 4.3.1
+
+
+def test_cis_file_modes(dev: offline.Run) -> None:
+    for host, modes in MODES.items():
+        instance = dev.mocks.named(f"{host}-instance")
+        text = gzip.decompress(base64.b64decode(instance.inputs["userDataBase64"])).decode()
+        written = {f["path"]: f for f in yaml.safe_load(text)["write_files"]}
+        assert {path: written[path]["permissions"] for path in modes} == modes, host
+        assert all(written[path].get("owner", "root:root") == "root:root" for path in modes), host

@@ -73,7 +73,7 @@ ensure_started() {
 
 # Files of etcd, etcd-snapshot: the same content cloud-init wrote, so a changed template
 # reaches a running host.
-put_file /etc/systemd/system/etcd.service 0644 <<'KUBE_EC2_EOF'
+put_file /etc/systemd/system/etcd.service 0600 <<'KUBE_EC2_EOF'
 [Unit]
 Description=etcd: the cluster's key-value store (every setting is in /etc/etcd/etcd.conf.yml)
 Documentation=https://etcd.io/docs/

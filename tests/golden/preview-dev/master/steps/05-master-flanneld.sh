@@ -73,7 +73,7 @@ ensure_started() {
 
 # Files of flanneld: the same content cloud-init wrote, so a changed template
 # reaches a running host.
-put_file /etc/systemd/system/flanneld.service 0644 <<'KUBE_EC2_EOF'
+put_file /etc/systemd/system/flanneld.service 0600 <<'KUBE_EC2_EOF'
 [Unit]
 Description=flannel: VXLAN pod network (config read from etcd /coreos.com/network/config)
 Documentation=https://github.com/flannel-io/flannel

@@ -73,7 +73,7 @@ ensure_started() {
 
 # Files of kube-apiserver: the same content cloud-init wrote, so a changed template
 # reaches a running host.
-put_file /etc/systemd/system/kube-apiserver.service 0644 <<'KUBE_EC2_EOF'
+put_file /etc/systemd/system/kube-apiserver.service 0600 <<'KUBE_EC2_EOF'
 [Unit]
 Description=Kubernetes API server
 Documentation=https://kubernetes.io/docs/reference/command-line-tools-reference/kube-apiserver/
@@ -93,7 +93,7 @@ ExecStart=/usr/local/bin/kube-apiserver \
   --authorization-mode=Node,RBAC \
   --bind-address=0.0.0.0 \
   --client-ca-file=/etc/kubernetes/pki/ca.crt \
-  --enable-admission-plugins=NodeRestriction \
+  --enable-admission-plugins=DenyServiceExternalIPs,NodeRestriction \
   --enable-aggregator-routing=true \
   --encryption-provider-config=/etc/kubernetes/pki/encryption-config.yaml \
   --etcd-cafile=/etc/kubernetes/pki/etcd-ca.crt \
@@ -113,6 +113,7 @@ ExecStart=/usr/local/bin/kube-apiserver \
   --requestheader-group-headers=X-Remote-Group \
   --requestheader-username-headers=X-Remote-User \
   --secure-port=6443 \
+  --service-account-extend-token-expiration=false \
   --service-account-issuer=https://kubernetes.default.svc.cluster.local \
   --service-account-key-file=/etc/kubernetes/pki/service-account.pub \
   --service-account-lookup=true \

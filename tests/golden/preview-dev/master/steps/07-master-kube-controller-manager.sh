@@ -73,7 +73,7 @@ ensure_started() {
 
 # Files of kube-controller-manager: the same content cloud-init wrote, so a changed template
 # reaches a running host.
-put_file /etc/systemd/system/kube-controller-manager.service 0644 <<'KUBE_EC2_EOF'
+put_file /etc/systemd/system/kube-controller-manager.service 0600 <<'KUBE_EC2_EOF'
 [Unit]
 Description=Kubernetes controller manager
 Documentation=https://kubernetes.io/docs/reference/command-line-tools-reference/kube-controller-manager/
@@ -99,7 +99,7 @@ RestartSec=5
 [Install]
 WantedBy=multi-user.target
 KUBE_EC2_EOF
-put_file /etc/kubernetes/controller-manager.kubeconfig 0644 <<'KUBE_EC2_EOF'
+put_file /etc/kubernetes/controller-manager.kubeconfig 0600 <<'KUBE_EC2_EOF'
 # controller-manager -> https://127.0.0.1:6443; certificates are read from /etc/kubernetes/pki, delivered over SSH.
 apiVersion: v1
 kind: Config

@@ -73,7 +73,7 @@ ensure_started() {
 
 # Files of kube-scheduler: the same content cloud-init wrote, so a changed template
 # reaches a running host.
-put_file /etc/systemd/system/kube-scheduler.service 0644 <<'KUBE_EC2_EOF'
+put_file /etc/systemd/system/kube-scheduler.service 0600 <<'KUBE_EC2_EOF'
 [Unit]
 Description=Kubernetes scheduler (settings in /etc/kubernetes/kube-scheduler.yaml)
 Documentation=https://kubernetes.io/docs/reference/command-line-tools-reference/kube-scheduler/
@@ -101,7 +101,7 @@ enableContentionProfiling: false
 leaderElection:
   leaderElect: true
 KUBE_EC2_EOF
-put_file /etc/kubernetes/scheduler.kubeconfig 0644 <<'KUBE_EC2_EOF'
+put_file /etc/kubernetes/scheduler.kubeconfig 0600 <<'KUBE_EC2_EOF'
 # scheduler -> https://127.0.0.1:6443; certificates are read from /etc/kubernetes/pki, delivered over SSH.
 apiVersion: v1
 kind: Config

@@ -73,7 +73,7 @@ ensure_started() {
 
 # Files of kubelet, kube-proxy: the same content cloud-init wrote, so a changed template
 # reaches a running host.
-put_file /etc/systemd/system/kubelet.service 0644 <<'KUBE_EC2_EOF'
+put_file /etc/systemd/system/kubelet.service 0600 <<'KUBE_EC2_EOF'
 [Unit]
 Description=Kubernetes kubelet (settings in /var/lib/kubelet/config.yaml)
 Documentation=https://kubernetes.io/docs/reference/command-line-tools-reference/kubelet/
@@ -92,7 +92,7 @@ RestartSec=5
 [Install]
 WantedBy=multi-user.target
 KUBE_EC2_EOF
-put_file /var/lib/kubelet/config.yaml 0644 <<'KUBE_EC2_EOF'
+put_file /var/lib/kubelet/config.yaml 0600 <<'KUBE_EC2_EOF'
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 authentication:
@@ -116,11 +116,12 @@ readOnlyPort: 0
 resolvConf: /run/systemd/resolve/resolv.conf
 rotateCertificates: false
 serverTLSBootstrap: false
+streamingConnectionIdleTimeout: 4h0m0s
 tlsCertFile: /etc/kubernetes/pki/kubelet.crt
 tlsMinVersion: VersionTLS12
 tlsPrivateKeyFile: /etc/kubernetes/pki/kubelet.key
 KUBE_EC2_EOF
-put_file /etc/kubernetes/kubelet.kubeconfig 0644 <<'KUBE_EC2_EOF'
+put_file /etc/kubernetes/kubelet.kubeconfig 0600 <<'KUBE_EC2_EOF'
 # kubelet -> https://10.240.0.10:6443; certificates are read from /etc/kubernetes/pki, delivered over SSH.
 apiVersion: v1
 kind: Config
@@ -141,7 +142,7 @@ contexts:
       user: kubelet
 current-context: default
 KUBE_EC2_EOF
-put_file /etc/systemd/system/kube-proxy.service 0644 <<'KUBE_EC2_EOF'
+put_file /etc/systemd/system/kube-proxy.service 0600 <<'KUBE_EC2_EOF'
 [Unit]
 Description=Kubernetes kube-proxy (settings in /var/lib/kube-proxy/config.yaml)
 Documentation=https://kubernetes.io/docs/reference/command-line-tools-reference/kube-proxy/
@@ -168,7 +169,7 @@ hostnameOverride: minion-0
 metricsBindAddress: 127.0.0.1:10249
 mode: iptables
 KUBE_EC2_EOF
-put_file /etc/kubernetes/kube-proxy.kubeconfig 0644 <<'KUBE_EC2_EOF'
+put_file /etc/kubernetes/kube-proxy.kubeconfig 0600 <<'KUBE_EC2_EOF'
 # kube-proxy -> https://10.240.0.10:6443; certificates are read from /etc/kubernetes/pki, delivered over SSH.
 apiVersion: v1
 kind: Config
