@@ -198,7 +198,6 @@ KUBELET = {
     ("authorization", "mode"): "Webhook",  # 4.2.2
     ("authentication", "x509", "clientCAFile"): f"{PKI}/ca.crt",  # 4.2.3
     ("readOnlyPort",): 0,  # 4.2.4
-    ("streamingConnectionIdleTimeout",): "4h0m0s",  # 4.2.5: not 0
     ("makeIPTablesUtilChains",): True,  # 4.2.6
     ("eventRecordQPS",): 5,  # 4.2.8
     ("tlsCertFile",): f"{PKI}/kubelet.crt",  # 4.2.9
@@ -261,6 +260,8 @@ def test_cis_etcd_config(dev: offline.Run) -> None:
 def test_cis_kubelet_and_kube_proxy(dev: offline.Run) -> None:
     config = yaml_file(dev, "minion-0", "/var/lib/kubelet/config.yaml")
     assert {path: dig(config, path) for path in KUBELET} == KUBELET
+    # 4.2.5: the field has had no effect since 1.34 (kubernetes PR 131992; flag audit): not set.
+    assert "streamingConnectionIdleTimeout" not in config
     proxy = yaml_file(dev, "minion-0", "/var/lib/kube-proxy/config.yaml")
     assert proxy["metricsBindAddress"] == "127.0.0.1:10249"  # 4.3.1
 

@@ -116,7 +116,6 @@ readOnlyPort: 0
 resolvConf: /run/systemd/resolve/resolv.conf
 rotateCertificates: false
 serverTLSBootstrap: false
-streamingConnectionIdleTimeout: 4h0m0s
 tlsCertFile: /etc/kubernetes/pki/kubelet.crt
 tlsMinVersion: VersionTLS12
 tlsPrivateKeyFile: /etc/kubernetes/pki/kubelet.key
