@@ -73,7 +73,8 @@ class Daemon:
 
     @property
     def all_files(self) -> tuple[File, ...]:
-        unit_files = tuple(File(f"/etc/systemd/system/{u}", f"units/{u}.j2") for u in self.units)
+        # 0600 as CIS 4.1.1 asks of the kubelet's unit (and 1.1.1-1.1.8 of the control plane's specs).
+        unit_files = tuple(File(f"/etc/systemd/system/{u}", f"units/{u}.j2", "0600") for u in self.units)
         return unit_files + self.files + self.live_files
 
 
@@ -116,7 +117,7 @@ DAEMONS: dict[str, Daemon] = {
     ),
     "kube-controller-manager": Daemon(
         units=("kube-controller-manager.service",),
-        files=(File("/etc/kubernetes/controller-manager.kubeconfig", "configs/kubeconfig.j2"),),
+        files=(File("/etc/kubernetes/controller-manager.kubeconfig", "configs/kubeconfig.j2", "0600"),),
         pki=("ca.crt", "controller-manager.crt", "controller-manager.key", "service-account.key"),
         binaries=("/usr/local/bin/kube-controller-manager",),
     ),
@@ -124,7 +125,7 @@ DAEMONS: dict[str, Daemon] = {
         units=("kube-scheduler.service",),
         files=(
             File("/etc/kubernetes/kube-scheduler.yaml", "configs/kube-scheduler.yaml.j2"),
-            File("/etc/kubernetes/scheduler.kubeconfig", "configs/kubeconfig.j2"),
+            File("/etc/kubernetes/scheduler.kubeconfig", "configs/kubeconfig.j2", "0600"),
         ),
         pki=("ca.crt", "scheduler.crt", "scheduler.key"),
         binaries=("/usr/local/bin/kube-scheduler",),
@@ -146,13 +147,13 @@ DAEMONS: dict[str, Daemon] = {
         # cri-dockerd re-reads /etc/cni/net.d by itself (dockershim's network/cni/cni.go, which it
         # carries: a sync every 5 s), so a CNI change restarts neither Docker nor cri-dockerd (nor,
         # through Requires=, the kubelet).
-        live_files=(File("/etc/cni/net.d/10-flannel.conflist", "configs/10-flannel.conflist.j2"),),
+        live_files=(File("/etc/cni/net.d/10-flannel.conflist", "configs/10-flannel.conflist.j2", "0600"),),
     ),
     "kubelet": Daemon(
         units=("kubelet.service",),
         files=(
-            File("/var/lib/kubelet/config.yaml", "configs/kubelet-config.yaml.j2"),
-            File("/etc/kubernetes/kubelet.kubeconfig", "configs/kubeconfig.j2"),
+            File("/var/lib/kubelet/config.yaml", "configs/kubelet-config.yaml.j2", "0600"),
+            File("/etc/kubernetes/kubelet.kubeconfig", "configs/kubeconfig.j2", "0600"),
         ),
         pki=("ca.crt", "kubelet.crt", "kubelet.key"),
         binaries=("/usr/local/bin/kubelet",),
@@ -161,7 +162,7 @@ DAEMONS: dict[str, Daemon] = {
         units=("kube-proxy.service",),
         files=(
             File("/var/lib/kube-proxy/config.yaml", "configs/kube-proxy-config.yaml.j2"),
-            File("/etc/kubernetes/kube-proxy.kubeconfig", "configs/kubeconfig.j2"),
+            File("/etc/kubernetes/kube-proxy.kubeconfig", "configs/kubeconfig.j2", "0600"),
         ),
         pki=("ca.crt", "kube-proxy.crt", "kube-proxy.key"),
         binaries=("/usr/local/bin/kube-proxy",),

@@ -1181,7 +1181,7 @@ def test_a_cni_config_change_restarts_nothing(box: Sandbox) -> None:
     docker_host(box)
     script = step(f"{MINION.name}-docker").script
     assert box.run(script).restarted() == ["docker.service", "cri-docker.service"]
-    head = "put_file /etc/cni/net.d/10-flannel.conflist 0644 <<'KUBE_EC2_EOF'\n"
+    head = "put_file /etc/cni/net.d/10-flannel.conflist 0600 <<'KUBE_EC2_EOF'\n"
     assert script.count(head) == 1
     result = box.run(script.replace(head, head + '{"changed": true,\n'))
     assert result.returncode == 0, result.explain()

@@ -97,7 +97,7 @@ fi
 # docker.service (docker.io) has TimeoutStartSec=0: the drop-in below bounds every (re)start.
 # Files of docker: the same content cloud-init wrote, so a changed template
 # reaches a running host.
-put_file /etc/systemd/system/cri-docker.socket 0644 <<'KUBE_EC2_EOF'
+put_file /etc/systemd/system/cri-docker.socket 0600 <<'KUBE_EC2_EOF'
 [Unit]
 Description=CRI socket for cri-dockerd (the kubelet talks to Docker through it)
 PartOf=cri-docker.service
@@ -111,7 +111,7 @@ SocketGroup=root
 [Install]
 WantedBy=sockets.target
 KUBE_EC2_EOF
-put_file /etc/systemd/system/cri-docker.service 0644 <<'KUBE_EC2_EOF'
+put_file /etc/systemd/system/cri-docker.service 0600 <<'KUBE_EC2_EOF'
 [Unit]
 Description=cri-dockerd: the CRI shim between the kubelet and Docker
 Documentation=https://github.com/Mirantis/cri-dockerd
@@ -166,7 +166,7 @@ put_file /etc/systemd/system/docker.service.d/10-kube-ec2.conf 0644 <<'KUBE_EC2_
 [Service]
 TimeoutStartSec=120
 KUBE_EC2_EOF
-put_file /etc/cni/net.d/10-flannel.conflist 0644 <<'KUBE_EC2_EOF'
+put_file /etc/cni/net.d/10-flannel.conflist 0600 <<'KUBE_EC2_EOF'
 {
   "name": "cbr0",
   "cniVersion": "0.3.1",
