@@ -42,7 +42,9 @@ class Host(pulumi.ComponentResource):
         tags = {**cluster_tags(settings, name), "Role": args.plan.role}
         # User data only runs at first boot; later template changes reach running hosts through the
         # remote steps, so a change must not stop/start (or replace) the instance.
-        ignored = ["userData", "userDataBase64"] + (["ami"] if args.ami_is_lookup else [])
+        # ebsOptimized replaces an instance when it changes (the provider's ForceNew), and hosts made
+        # before it was set read back false although t3 is EBS-optimized anyway: set on new hosts only.
+        ignored = ["userData", "userDataBase64", "ebsOptimized"] + (["ami"] if args.ami_is_lookup else [])
         self.instance = aws.ec2.Instance(
             f"{name}-instance",
             ami=args.ami_id,
@@ -52,7 +54,7 @@ class Host(pulumi.ComponentResource):
             vpc_security_group_ids=[args.security_group_id],
             key_name=args.key_name,
             iam_instance_profile=args.instance_profile,
-            # Explicit, as the AWS baselines ask: t3 and newer are EBS-optimized by default anyway.
+            # Explicit, as the AWS baselines ask (t3 and newer are EBS-optimized by default anyway).
             ebs_optimized=True,
             user_data_base64=args.user_data_base64,
             metadata_options=aws.ec2.InstanceMetadataOptionsArgs(

@@ -27,6 +27,8 @@ FORCE_NEW: dict[str, frozenset[str]] = {
     "aws:ec2/routeTable:RouteTable": frozenset({"vpcId"}),
     # ec2/vpc_route_table_association.go (not re-read): subnet_id, gateway_id ForceNew; route_table_id replaced in place.
     "aws:ec2/routeTableAssociation:RouteTableAssociation": frozenset({"subnetId", "gatewayId"}),
+    # ec2/vpc_default_security_group.go (not re-read): vpc_id ForceNew; rules and tags update in place.
+    "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup": frozenset({"vpcId"}),
     # ec2/vpc_security_group.go (not re-read): name, name_prefix, description, vpc_id ForceNew.
     "aws:ec2/securityGroup:SecurityGroup": frozenset({"name", "namePrefix", "description", "vpcId"}),
     # ec2/vpc_security_group_ingress_rule.go / ..._egress_rule.go (framework, not re-read):

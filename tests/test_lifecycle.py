@@ -47,7 +47,7 @@ def test_identity_pinning_resources_are_deleted_before_replaced() -> None:
 def test_options_recorder_sees_what_the_program_declared() -> None:
     """The recorder reads the real request: ignore_changes and dependencies as cluster.py sets them."""
     master = options()[("aws:ec2/instance:Instance", "master-instance")]
-    assert master.ignore_changes == ("userData", "userDataBase64", "ami")
+    assert master.ignore_changes == ("userData", "userDataBase64", "ebsOptimized", "ami")
     assert master.property_dependencies["subnetId"] == ("network-subnet",)
     etcd = options()[("command:remote:Command", "master-etcd")]
     assert "master-pki" in etcd.dependencies and not etcd.delete_before_replace
@@ -65,7 +65,7 @@ INSTANCES = {"master-instance", "minion-N-instance"}
 LEAF_CERTS = {
     "pki-admin", "pki-apiserver", "pki-apiserver-etcd-client", "pki-apiserver-kubelet-client", "pki-controller-manager",
     "pki-etcd-peer", "pki-etcd-server", "pki-flannel-etcd-master", "pki-flannel-etcd-minion-N", "pki-front-proxy-client",
-    "pki-kube-proxy", "pki-kubelet-minion-N", "pki-scheduler",
+    "pki-kube-proxy", "pki-kubelet-minion-N", "pki-scheduler", "pki-super-admin",
 }
 NEW_MINION = {
     *(f"minion-N-{s}" for s in ("cloud-init", "pki", "flanneld", "docker", "kubelet", "ready", "cordon", "uncordon", "drain", "instance")),
@@ -127,7 +127,8 @@ CHANGES: dict[str, tuple[object, dict[str, set[str]]]] = {
     # new addresses. The etcd volume stays (same zone) and is attached to the new master.
     "vpcCidr": ("10.241.0.0/16", {
         "replace": INSTANCES | EVERY_STEP | SECURITY | {
-            "etcd-attachment", "network-vpc", "network-igw", "network-subnet", "network-routes", "network-routes-subnet",
+            "etcd-attachment", "network-vpc", "network-default-sg", "network-igw", "network-subnet", "network-routes",
+            "network-routes-subnet",
             "pki-apiserver", "pki-apiserver-csr", "pki-etcd-peer", "pki-etcd-peer-csr", "pki-etcd-server", "pki-etcd-server-csr",
             "pki-kubelet-minion-N", "pki-kubelet-minion-N-csr",
         },

@@ -240,7 +240,7 @@ def test_hosts_ignore_user_data_and_looked_up_ami_changes(monkeypatch) -> None: 
 
     monkeypatch.setattr(host_module.aws.ec2, "Instance", Recording)
     offline.run("dev")
-    assert seen and all(v == ["userData", "userDataBase64", "ami"] for v in seen.values()), seen
+    assert seen and all(v == ["userData", "userDataBase64", "ebsOptimized", "ami"] for v in seen.values()), seen
     seen.clear()
     offline.run("dev", {**offline.stack_config("dev"), "kube-ec2:amiId": "ami-0abcdef1234567890"})
-    assert seen and all(v == ["userData", "userDataBase64"] for v in seen.values()), seen
+    assert seen and all(v == ["userData", "userDataBase64", "ebsOptimized"] for v in seen.values()), seen

@@ -108,7 +108,7 @@ def test_cri_dockerd_streams_on_loopback_only(dev: offline.Run) -> None:
     service = unit_section(unit, "Service")
     upstream = {
         "Type": ["notify"], "KillMode": ["process"], "Delegate": ["yes"], "LimitNOFILE": ["infinity"],
-        "LimitNPROC": ["infinity"], "LimitCORE": ["infinity"], "TasksMax": ["infinity"], "TimeoutSec": ["0"],
+        "LimitNPROC": ["infinity"], "LimitCORE": ["infinity"], "TasksMax": ["infinity"], "TimeoutStartSec": ["120"],
         "Restart": ["always"], "RestartSec": ["2"], "ExecReload": ["/bin/kill -s HUP $MAINPID"],
     }
     assert {key: service.get(key) for key in upstream} == upstream

@@ -198,7 +198,7 @@ mount -o noatime "$device" "$MOUNT"
 chmod 0700 "$MOUNT"
 log "volume $ETCD_VOLUME_ID ($device) mounted at $MOUNT"
 KUBE_EC2_EOF
-put_file /etc/systemd/system/etcd-snapshot.timer 0644 <<'KUBE_EC2_EOF'
+put_file /etc/systemd/system/etcd-snapshot.timer 0600 <<'KUBE_EC2_EOF'
 [Unit]
 Description=Snapshot etcd to S3 every hour
 

@@ -120,7 +120,8 @@ Wants=network-online.target
 Requires=docker.service cri-docker.socket
 # Upstream's packaging/systemd/cri-docker.service (v0.3.24) from here on, with our flags. The
 # streaming server (exec, attach, port-forward) listens on loopback only: the kubelet on this host
-# proxies to it, nothing else needs it.
+# proxies to it, nothing else needs it. One deviation: upstream's TimeoutSec=0 would let a start
+# wait for ever; every start here is bounded.
 StartLimitBurst=3
 StartLimitIntervalSec=60s
 
@@ -134,7 +135,7 @@ ExecStart=/usr/local/bin/cri-dockerd \
   --pod-infra-container-image=registry.k8s.io/pause:3.10.1 \
   --streaming-bind-addr=127.0.0.1:0
 ExecReload=/bin/kill -s HUP $MAINPID
-TimeoutSec=0
+TimeoutStartSec=120
 Restart=always
 RestartSec=2
 LimitNOFILE=infinity
