@@ -171,10 +171,22 @@ def test_the_minimum_pulumi_version_is_the_one_pulumi_yaml_requires() -> None:
 def test_the_readme_follows_the_order_a_newcomer_needs() -> None:
     headings = re.findall(r"^## (.+)$", README, re.MULTILINE)
     expected = [
-        "Prerequisites", "State backend and secrets", "Create a cluster", "Cost", "Access",
-        "Operating the cluster", "Troubleshooting", "Limitations", "Configuration",
+        "Quick start without AWS", "Prerequisites", "State backend and secrets", "Create a cluster", "Cost",
+        "Access", "Operating the cluster", "Troubleshooting", "Limitations", "Configuration",
+        "Verified / not verified", "More documentation",
     ]
     positions = [next(i for i, h in enumerate(headings) if h.startswith(e)) for e in expected]
     assert positions == sorted(positions), headings
     assert README.index("**Status: not yet run on AWS.**") < README.index("## Prerequisites")
     assert not (ROOT / "e2e" / "REPORT.md").exists(), "an e2e report exists: update the status line"
+
+
+def test_the_quick_start_is_two_commands_the_makefile_has() -> None:
+    section = README.split("## Quick start without AWS", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```sh", 1)[1].split("```", 1)[0]
+    commands = [line.split("#", 1)[0].strip() for line in block.splitlines() if line.split("#", 1)[0].strip()]
+    assert commands == ["make preview", "make test"]
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^preview:", makefile, re.MULTILINE) and re.search(r"^test:", makefile, re.MULTILINE)
+    # `.ci/run` runs the README's test command.
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
