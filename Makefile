@@ -48,7 +48,7 @@ e2e:
 	$(MAKE) $(VENV)/.installed
 	$(PY) -m e2e.run $(E2E_ARGS)
 
-# Mutation score (not part of CI; about half an hour): each catalogued bug in a scratch copy,
+# Mutation score (not part of CI; about 40 minutes on 2 cores): each catalogued bug in a scratch copy,
 # goldens regenerated, whole suite. Writes docs/mutation-report.md.
 mutate: setup
 	$(PY) tools/mutate.py --report docs/mutation-report.md

@@ -64,3 +64,9 @@ def test_report_counts_and_lists_survivors_with_their_notes() -> None:
     assert "- `eq` (f.py): x. Equivalent: nothing reads it." in text
     assert "- `bare` (f.py): x. NO NOTE:" in text
     assert text.count("| killed |") == 8 and text.count("| **SURVIVED** |") == 2
+
+
+def test_the_catalogue_matches_the_code_on_main() -> None:
+    """Every catalogued text is found exactly once, so `make mutate` can run on any landed commit:
+    a change that edits a mutated line updates its catalogue entry in the same commit."""
+    assert mutate.check(mutate.load()) == []
