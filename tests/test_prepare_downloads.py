@@ -102,13 +102,18 @@ def requests(box: Sandbox) -> list[str]:
     return [line for line in log.read_text().splitlines() if "GET /" in line] if log.exists() else []
 
 
-def test_verified_downloads_are_installed_and_marked(box: Sandbox) -> None:
-    result = run(box, sha(TOOL))
-    assert result.returncode == 0, result.explain()
+def assert_real_bytes_installed(box: Sandbox) -> None:
+    """Every artifact installed is the one the server holds (the pinned hash's bytes)."""
     assert box.path("/usr/local/bin/faketool").read_bytes() == TOOL
     assert box.read("/usr/local/bin/fakedaemon") == "#!/bin/sh\necho daemon\n"
     assert box.read("/opt/cni/bin/fakectl") == "#!/bin/sh\necho ctl\n"
     assert box.path("/usr/local/bin/upstreamtool").read_bytes() == UPSTREAM
+
+
+def test_verified_downloads_are_installed_and_marked(box: Sandbox) -> None:
+    result = run(box, sha(TOOL))
+    assert result.returncode == 0, result.explain()
+    assert_real_bytes_installed(box)
     for path in ("/usr/local/bin/faketool", "/usr/local/bin/fakedaemon", "/opt/cni/bin/fakectl"):
         assert box.mode(path) == 0o755, path
     assert box.exists(MARKER)
@@ -158,10 +163,7 @@ def test_poisoned_cache_is_checked_fetched_again_and_never_installed(box: Sandbo
     box.write(f"{CACHE}/archive/1/release-1.tar.gz", _tgz({"release-1/daemon": EVIL, "release-1/ctl": EVIL}))
     result = run(box, sha(TOOL))
     assert result.returncode == 0, result.explain()
-    assert box.path("/usr/local/bin/faketool").read_bytes() == TOOL
-    assert box.read("/usr/local/bin/fakedaemon") == "#!/bin/sh\necho daemon\n"
-    assert box.read("/opt/cni/bin/fakectl") == "#!/bin/sh\necho ctl\n"
-    assert box.path("/usr/local/bin/upstreamtool").read_bytes() == UPSTREAM
+    assert_real_bytes_installed(box)
     fetched = [r for r in requests(box) if ".sha256" not in r]
     assert len(fetched) == 3, fetched
     assert box.path(f"{CACHE}/tool/1/tool").read_bytes() == TOOL, "the poisoned cache entry was not replaced"
